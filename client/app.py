@@ -1,0 +1,58 @@
+"""fedveil ClientApp: local DP training of the student, federated evaluation, hello query.
+
+Message protocol (every field is validated by :mod:`client.protocol` before use)
+
+``query.hello``  → reply ConfigRecord "hello": partition-id, num-examples, device.
+``train``        ← "arrays" (global weights, plaintext or CKKS payload), "config" (server-round,
+                   tokenizer JSON, HE weight scale); → "arrays", "metrics", "privacy".
+``evaluate``     ← "arrays", "config"; → "metrics" with nll-sum and tokens on the client's
+                   held-out shard (the server combines them into one exact perplexity).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client import runtime
+
+app = ClientApp()
+log = logging.getLogger("fedveil.client")
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    """Announce which partition this node holds and how many records (for weights and the store)."""
+    node = runtime.NodeState.from_context(context)
+    info = ConfigRecord({"partition-id": node.partition_id, "num-examples": node.num_examples(),
+                         "device": str(node.device)})
+    return Message(RecordDict({"hello": info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local DP training; refuses rounds that would overspend ε."""
+    t0 = time.perf_counter()
+    node = runtime.NodeState.from_context(context)
+    request = runtime.parse_request(msg, node.cfg)
+    result = runtime.train_round(node, request, context)
+    result.metrics["seconds"] = time.perf_counter() - t0
+    content = RecordDict({"arrays": result.arrays, "metrics": MetricRecord(result.metrics),
+                          "privacy": ConfigRecord(result.privacy)})
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Held-out NLL of the global model on this client's shard."""
+    node = runtime.NodeState.from_context(context)
+    request = runtime.parse_request(msg, node.cfg)
+    nll, tokens = runtime.evaluate_global(node, request)
+    metrics = MetricRecord({"num-examples": max(tokens, 1), "nll-sum": nll, "tokens": tokens})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+__all__ = ["app", "ArrayRecord"]

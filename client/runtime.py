@@ -1,0 +1,222 @@
+"""Client-side work behind the ClientApp handlers, kept apart from Flower's decorators.
+
+The per-node state that must survive between messages (the DP ledger, the planned noise
+multiplier, the trained teacher) lives in Flower's ``Context.state``; everything else is
+rebuilt deterministically from the run configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+
+from client import he_client
+from client.dp import DPSession, Ledger, PrivacyBudgetExhausted, default_delta, plan_noise, poisson_batches, run_dp_steps
+from client.protocol import ProtocolError, require_config, require_int, require_str
+from client.textdata import TokenisedRecords, client_texts, heldout_shard, public_corpus, tokenise
+from client.trainers import KDConfig, LMTrainer, OPDConfig, SFTConfig, TrainerConfig, heldout_nll, train_teacher
+from distill.loaders import load_text_records
+from distill.models import build_lm, pick_device
+from distill.tokenizer import tokenizer_from_json
+from fedveil.config import Config, from_run_config
+
+log = logging.getLogger("fedveil.client")
+
+
+@dataclass
+class NodeState:
+    """What one node knows: its configuration, partition and device."""
+
+    cfg: Config
+    partition_id: int
+    device: torch.device
+    data_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_context(cls, context: Context) -> "NodeState":
+        cfg = _config(tuple(sorted(context.run_config.items())))
+        nc = context.node_config
+        if "partition-id" not in nc:
+            raise ProtocolError("node config has no 'partition-id'; start the SuperNode with "
+                                "--node-config \"partition-id=N data-path=/path/records.jsonl\"")
+        pid = int(nc["partition-id"])
+        data_path = str(nc["data-path"]) if "data-path" in nc else None
+        device = pick_device(str(nc.get("device", cfg.model.device)))
+        return cls(cfg, pid, device, data_path)
+
+    def texts(self) -> list[str]:
+        if self.data_path:  # deployment: the node's own file, never partitioned by the server
+            return load_text_records(self.data_path, field=self.cfg.data.field)
+        return client_texts(self.cfg, self.partition_id)
+
+    def num_examples(self) -> int:
+        return len(self.texts())
+
+
+@lru_cache(maxsize=8)
+def _config(items: tuple[tuple[str, Any], ...]) -> Config:
+    return from_run_config(dict(items))
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(text: str) -> Any:
+    return tokenizer_from_json(text)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated train/evaluate request."""
+
+    server_round: int
+    tokenizer: Any
+    arrays: ArrayRecord
+    he_scale: float
+
+
+def parse_request(msg: Message, cfg: Config) -> Request:
+    """Check every field the client reads: presence, type, range."""
+    content = msg.content
+    conf = require_config(content, "config")
+    server_round = require_int(conf, "server-round", lo=1)
+    tok_json = require_str(conf, "tokenizer")
+    if "arrays" not in content.array_records:
+        raise ProtocolError("request has no ArrayRecord 'arrays'")
+    he_scale = float(conf["he-scale"]) if "he-scale" in conf else 1.0
+    if not he_scale > 0:
+        raise ProtocolError(f"he-scale must be positive, got {he_scale}")
+    return Request(server_round, _tokenizer(tok_json), content.array_records["arrays"], he_scale)
+
+
+@dataclass
+class TrainResult:
+    arrays: ArrayRecord
+    metrics: dict[str, float | int]
+    privacy: dict[str, str | float | int | bool]
+
+
+def _data(node: NodeState, tokenizer: Any) -> TokenisedRecords:
+    cfg = node.cfg
+    key = (id(tokenizer), node.partition_id, node.data_path)
+    cached = node.extra.get("data")
+    if cached is None or cached[0] != key:
+        data = tokenise(tokenizer, node.texts(), max_length=cfg.data.max_length,
+                        prompt_length=cfg.distill.prompt_length)
+        node.extra["data"] = (key, data)
+        return data
+    return cached[1]  # type: ignore[no-any-return]
+
+
+def _global_student(node: NodeState, request: Request) -> torch.nn.Module:
+    cfg = node.cfg
+    model = build_lm(cfg.model.student, len(request.tokenizer), seed=cfg.run.seed)
+    state = he_client.global_state(node, request, model)
+    model.load_state_dict(state, strict=True)
+    return model.to(node.device)
+
+
+def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedRecords) -> tuple[torch.nn.Module, str]:
+    """The frozen teacher, trained once per run and kept in Context.state."""
+    cfg = node.cfg
+    teacher = build_lm(cfg.model.teacher, len(tokenizer), seed=cfg.run.seed + 1 + node.partition_id)
+    provenance = "private-non-dp" if cfg.train.teacher_private else "public"
+    if "teacher" in context.state.array_records:
+        teacher.load_state_dict(context.state.array_records["teacher"].to_torch_state_dict())
+        return teacher.to(node.device).eval(), provenance
+    if cfg.train.teacher_private:
+        source = data
+    else:
+        source = tokenise(tokenizer, list(public_corpus(cfg.run.seed, cfg.data.public_records)),
+                          max_length=cfg.data.max_length, prompt_length=cfg.distill.prompt_length,
+                          with_privacy=False)
+    rng = np.random.default_rng(cfg.run.seed * 1000 + node.partition_id)
+    train_teacher(teacher, source, steps=cfg.train.teacher_steps, lr=cfg.train.teacher_lr,
+                  batch_size=cfg.train.batch_size, rng=rng, device=node.device)
+    context.state.array_records["teacher"] = ArrayRecord(teacher.state_dict())
+    return teacher.eval(), provenance
+
+
+def trainer_config(cfg: Config) -> TrainerConfig:
+    """Map the run configuration to the trainer's own Config dataclass."""
+    d = cfg.distill
+    kd = dict(beta=d.beta, temperature=d.temperature, swing=d.swing, tau0=d.tau0, tau_max=d.tau_max,
+              noise_s0=d.noise_s0, noise_s1=d.noise_s1)
+    if cfg.train.method == "dp-sft":
+        return SFTConfig()
+    if cfg.train.method == "dp-kd":
+        return KDConfig(**kd)  # type: ignore[arg-type]
+    return OPDConfig(lam=d.lam, gen_temperature=d.gen_temperature, gen_length=d.gen_length,
+                     prompt_length=d.prompt_length, **kd)  # type: ignore[arg-type]
+
+
+def train_round(node: NodeState, request: Request, context: Context) -> TrainResult:
+    """Load the global student, run the planned DP-SGD steps, return weights and the ledger."""
+    cfg = node.cfg
+    seed = int(hashlib.sha256(f"{cfg.run.seed}/{node.partition_id}/{request.server_round}".encode()).hexdigest()[:8], 16)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    data = _data(node, request.tokenizer)
+    n = len(data)
+    tconf = trainer_config(cfg)
+    teacher, provenance = (None, "none") if isinstance(tconf, SFTConfig) else _teacher(node, context, request.tokenizer, data)
+    student = _global_student(node, request)
+
+    ledger = Ledger(cfg.privacy.accountant)
+    if "ledger" in context.state.config_records:
+        ledger.load_state_dict(dict(context.state.config_records["ledger"]))
+    delta = cfg.privacy.delta or default_delta(n)
+    sigma, q = None, min(1.0, cfg.train.batch_size / n)
+    if cfg.privacy.enabled:
+        plan = plan_noise(target_epsilon=cfg.privacy.target_epsilon, delta=delta, n_records=n,
+                          batch_size=cfg.train.batch_size, total_steps=cfg.federation.rounds * cfg.train.local_steps,
+                          max_grad_norm=cfg.privacy.max_grad_norm, accountant=cfg.privacy.accountant)
+        sigma, q = plan.noise_multiplier, plan.sample_rate
+        projected = ledger.epsilon_after(delta, sigma, q, cfg.train.local_steps)
+        if projected > cfg.privacy.target_epsilon * (1 + 1e-9):
+            raise PrivacyBudgetExhausted(
+                f"round {request.server_round} would raise epsilon to {projected:.3f} > budget "
+                f"{cfg.privacy.target_epsilon} ({ledger.steps} steps already taken); refusing")
+
+    gen = torch.Generator(device=node.device).manual_seed(seed)
+    trainer = LMTrainer(tconf, data, teacher=teacher, tokenizer=request.tokenizer, device=node.device,
+                        generator=gen, rng=rng)
+    session = DPSession(student, lr=cfg.train.lr, noise_multiplier=sigma, max_grad_norm=cfg.privacy.max_grad_norm,
+                        expected_batch_size=cfg.train.batch_size, mode=cfg.privacy.grad_sample_mode, generator=gen)
+    batches = poisson_batches(n, q, cfg.train.local_steps, rng)
+    losses = run_dp_steps(session, batches, lambda idx: trainer.loss(session, idx), ledger if sigma else None, q)
+    student = session.close()
+    context.state.config_records["ledger"] = ConfigRecord(ledger.state_dict())  # type: ignore[arg-type]
+    eps = ledger.epsilon(delta) if sigma else float("inf")
+
+    arrays, he_metrics = he_client.encode_update(node, request, student, n)
+    metrics: dict[str, float | int] = {
+        "num-examples": n, "train-loss": float(np.mean(losses)) if losses else float("nan"),
+        "epsilon": eps if np.isfinite(eps) else -1.0, "delta": delta, "noise-multiplier": sigma or 0.0,
+        "sample-rate": q, "steps": ledger.steps, "round-steps": len(batches),
+        "empty-batches": sum(1 for b in batches if len(b) == 0), "on-policy-steps": trainer.on_policy_steps,
+        "partition-id": node.partition_id, **he_metrics,
+    }
+    privacy: dict[str, str | float | int | bool] = {
+        "accountant": cfg.privacy.accountant, "grad-sample-mode": session.mode,
+        "teacher-provenance": provenance, "dp": sigma is not None,
+    }
+    return TrainResult(arrays, metrics, privacy)
+
+
+def evaluate_global(node: NodeState, request: Request) -> tuple[float, int]:
+    """Sum NLL and token count of the global student on this node's held-out shard."""
+    cfg = node.cfg
+    texts = heldout_shard(cfg, node.partition_id)
+    if not texts:
+        return 0.0, 0
+    data = tokenise(request.tokenizer, texts, max_length=cfg.data.max_length,
+                    prompt_length=cfg.distill.prompt_length, with_privacy=False)
+    model = _global_student(node, request)
+    return heldout_nll(model, data, node.device)

@@ -1,0 +1,209 @@
+"""The ``fedveil`` command line.
+
+Every command takes ``--db URL`` (else ``$FEDVEIL_DB``, else ``sqlite:///runs/fedveil.db``).
+Errors a user can fix (a bad config key, an unreadable file, an unknown run id) print one
+line and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedveil.config import ConfigError, load_config, reference_markdown, to_dict, to_run_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="fedveil: private federated distillation with DP-SGD, CKKS aggregation and leakage audits.")
+keys_app = typer.Typer(no_args_is_help=True, help="CKKS key material for encrypted aggregation.")
+app.add_typer(keys_app, name="keys")
+console = Console()
+err = Console(stderr=True)
+
+DB_HELP = "SQLAlchemy URL of the store (default: $FEDVEIL_DB or sqlite:///runs/fedveil.db)"
+CONFIG_HELP = "TOML config file (default: the embedded defaults = configs/default.toml)"
+SET_HELP = "override one key, e.g. --set federation.rounds=5 (repeatable)"
+
+
+def fail(message: str) -> NoReturn:
+    """Print a one-line error and exit 2."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def db_url(db: Optional[str]) -> str:
+    from fedveil.store import default_db_url
+    return db or default_db_url()
+
+
+def open_store(db: Optional[str]) -> Any:
+    from fedveil.store import Store, StoreError
+    try:
+        return Store(db_url(db))
+    except StoreError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def run(config: Optional[Path] = typer.Option(None, "-c", "--config", help=CONFIG_HELP),
+        set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+        db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+        quiet: bool = typer.Option(False, "--quiet", help="do not stream Flower's logs")) -> None:
+    """Run a federated experiment in a local Flower simulation and record it in the store."""
+    from fedveil.launch import PeakMemory, absolutise, run_simulation
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as exc:
+        fail(str(exc))
+    url = db or cfg.store.url or db_url(None)
+    cfg = absolutise(cfg, url)
+    _check_inputs(cfg)
+    store = open_store(url)
+    run_id = cfg.run.run_id
+    console.print(f"[bold]fedveil run[/] {run_id}: {cfg.train.method}, {cfg.federation.clients} clients x "
+                  f"{cfg.federation.rounds} rounds, HE {'on' if cfg.he.enabled else 'off'}; store {url}")
+    t0 = time.perf_counter()
+    with PeakMemory() as mem:
+        code = run_simulation(cfg, flwr_home=Path(cfg.run.run_dir) / ".flwr-home", stream=not quiet)
+    wall = time.perf_counter() - t0
+    from fedveil.store import RunNotFound
+    try:
+        result = store.get_run(run_id)
+    except RunNotFound:
+        fail(f"flwr run exited with code {code} before the run was recorded (see the log above)")
+    store.set_resources(run_id, wall_seconds=wall, peak_rss_mb=mem.peak_increase_mb)
+    _summary(store.get_run(run_id), url, wall, mem.peak_increase_mb)
+    if code != 0 or result["run"]["status"] != "completed":
+        fail(f"run {run_id} {result['run']['status']}: {result['run'].get('error') or f'flwr exit code {code}'}")
+
+
+def _check_inputs(cfg: Any) -> None:
+    """Fail before any work on data files that cannot be read."""
+    if cfg.data.task == "text-file":
+        from distill.loaders import DataFileError, load_text_records
+        for path in filter(None, [cfg.data.path, cfg.data.heldout_path]):
+            try:
+                load_text_records(path, field=cfg.data.field)
+            except DataFileError as exc:
+                fail(str(exc))
+
+
+def _summary(result: dict[str, Any], url: str, wall: float, peak_mb: float) -> None:
+    r = result["run"]
+    ppl = [m for m in result["metrics"] if m["name"] in ("perplexity", "accuracy") and m["client"] is None]
+    table = Table(title=f"run {r['id']} — {r['status']}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("database", url)
+    if ppl:
+        last = max(ppl, key=lambda m: m["round"] or 0)
+        table.add_row(f"final {last['name']} (round {last['round']})", f"{last['value']:.3f}")
+    eps: dict[int, float] = {}
+    for row in result["privacy_ledger"]:
+        eps[row["client_index"]] = max(eps.get(row["client_index"], 0.0), row["epsilon"])
+    for client, e in sorted(eps.items()):
+        table.add_row(f"epsilon, client {client}", f"{e:.3f}")
+    for a in result.get("epsilon_bounds", []):
+        table.add_row(f"empirical eps_LB ({a['method']})", f"{a['epsilon_lb']:.3f}")
+    table.add_row("wall time", f"{wall:.1f} s")
+    table.add_row("peak memory increase", f"{peak_mb:.0f} MiB")
+    console.print(table)
+
+
+@app.command()
+def runs(fmt: str = typer.Option("table", "--format", help="table or json"),
+         db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """List recorded runs."""
+    rows = open_store(db).list_runs()
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if fmt != "table":
+        fail(f"--format {fmt!r} is not allowed; choose table or json")
+    table = Table()
+    for col in ("id", "name", "status", "method", "he", "clients", "rounds", "utility", "max eps", "created"):
+        table.add_column(col)
+    for r in rows:
+        util = r.get("final_perplexity") or r.get("final_accuracy")
+        table.add_row(r["id"], r["name"], r["status"], r["method"], "on" if r["he_enabled"] else "off",
+                      str(r["num_clients"]), str(r["num_rounds"]), f"{util:.3f}" if util else "-",
+                      f"{r['max_epsilon']:.3f}" if r.get("max_epsilon") is not None else "-", str(r["created_at"])[:19])
+    console.print(table)
+
+
+@app.command()
+def show(run_id: str = typer.Argument(..., help="run id (see `fedveil runs`)"),
+         fmt: str = typer.Option("table", "--format", help="table or json (shape documented in README)"),
+         db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Show one run: configuration, per-round metrics, privacy ledger, HE records and audits."""
+    from fedveil.store import RunNotFound
+    store = open_store(db)
+    try:
+        result = store.get_run(run_id)
+    except RunNotFound as exc:
+        fail(str(exc))
+    if fmt == "json":
+        print(json.dumps(result, indent=2, default=str))
+        return
+    if fmt != "table":
+        fail(f"--format {fmt!r} is not allowed; choose table or json")
+    r = result["run"]
+    console.print(f"[bold]{r['id']}[/] {r['name']} — {r['status']} ({r['method']}, HE {'on' if r['he_enabled'] else 'off'})")
+    if r.get("error"):
+        console.print(f"[red]error:[/] {r['error']}")
+    console.print(r.get("privacy_statement") or "")
+    _summary(result, db_url(db), r.get("wall_seconds") or 0.0, r.get("peak_rss_mb") or 0.0)
+
+
+@app.command("config")
+def config_cmd(config: Optional[Path] = typer.Option(None, "-c", "--config", help=CONFIG_HELP),
+               set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+               reference: bool = typer.Option(False, "--reference", help="print the key reference as Markdown"),
+               flat: bool = typer.Option(False, "--flat", help="print Flower's flat run_config")) -> None:
+    """Validate and print the resolved configuration."""
+    if reference:
+        print(reference_markdown())
+        return
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as exc:
+        fail(str(exc))
+    import tomli_w
+    print(json.dumps(to_run_config(cfg), indent=2) if flat else tomli_w.dumps(to_dict(cfg)))
+
+
+@keys_app.command("init")
+def keys_init(out: Path = typer.Option(..., "--out", help="directory for secret.ctx, public.ctx, manifest.json"),
+              profile: str = typer.Option("compact", "--profile", help="CKKS profile: compact or conservative")) -> None:
+    """Create the clients' secret CKKS context and the server's public one (files 0600)."""
+    from privacy.he.errors import KeyMaterialError
+    from privacy.he.keys import write_keys
+    from privacy.he.profiles import PROFILES
+    if profile not in PROFILES:
+        fail(f"--profile {profile!r} is not allowed; choose one of: {', '.join(PROFILES)}")
+    try:
+        manifest = write_keys(out, profile)
+    except (KeyMaterialError, OSError) as exc:
+        fail(str(exc))
+    console.print(f"keys written to {out} (manifest {manifest})")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

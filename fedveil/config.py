@@ -1,0 +1,377 @@
+"""Configuration: one TOML schema parsed once into frozen, validated dataclasses.
+
+Sources, in order of precedence (later wins):
+
+1. the dataclass defaults below (mirrored by ``configs/default.toml``),
+2. a TOML file (``fedveil run -c FILE``),
+3. ``--set section.key=value`` overrides.
+
+The same configuration travels through Flower as a flat ``run_config``
+(``{"federation.clients": 4, ...}``); :func:`to_run_config` and
+:func:`from_run_config` convert losslessly so that ``flwr run .`` and
+``fedveil run`` run the same experiment. Lists, which Flower's run config
+cannot carry, travel as comma-separated strings.
+
+Every error names the key, the offending value and what is allowed, and is
+raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+Scalar = bool | int | float | str
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not allowed."""
+
+
+def _opt(default: Any, help: str, *, choices: Sequence[Any] | None = None,
+         lo: float | None = None, hi: float | None = None) -> Any:
+    """Declare a configuration field with its documentation and constraints."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "lo": lo, "hi": hi}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """How many clients, rounds and how a round is run."""
+
+    clients: int = _opt(4, "number of simulated clients (SuperNodes)", lo=1, hi=10_000)
+    rounds: int = _opt(3, "federated rounds", lo=1, hi=100_000)
+    fraction_train: float = _opt(1.0, "fraction of clients sampled per round", lo=0.0, hi=1.0)
+    min_clients: int = _opt(2, "minimum replies for a round to count", lo=1)
+    round_timeout: float = _opt(900.0, "seconds to wait for replies in a round", lo=1.0)
+    cpus_per_client: float = _opt(1.0, "CPU cores reserved per simulated client", lo=0.1)
+    max_payload_mb: float = _opt(256.0, "largest accepted client payload (MiB)", lo=0.001)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where private, public and held-out data come from."""
+
+    task: str = _opt("synthetic-text", "data set / task",
+                     choices=("synthetic-text", "text-file", "digits"))
+    kind: str = _opt("clinical", "kind of synthetic private record", choices=("clinical", "support"))
+    records_per_client: int = _opt(160, "private records per client (synthetic)", lo=1)
+    public_records: int = _opt(1500, "public (PII-free) records for the tokenizer and teacher", lo=10)
+    heldout_records: int = _opt(200, "held-out records for perplexity", lo=1)
+    path: str = _opt("", "private corpus file (.txt/.jsonl/.csv) for task=text-file")
+    heldout_path: str = _opt("", "held-out corpus file for task=text-file")
+    field: str = _opt("text", "JSONL field / CSV column holding the text")
+    partition: str = _opt("iid", "how records are split across clients",
+                          choices=("iid", "dirichlet", "classes"))
+    alpha: float = _opt(0.5, "Dirichlet concentration for partition=dirichlet", lo=1e-3)
+    classes_per_client: int = _opt(2, "classes (topics) per client for partition=classes", lo=1)
+    max_length: int = _opt(96, "tokens per training sequence", lo=8, hi=4096)
+    vocab_size: int = _opt(1024, "byte-level BPE vocabulary size", lo=300, hi=65536)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Student and teacher architectures (named presets in distill.models)."""
+
+    student: str = _opt("student-xs", "student preset", choices=("student-xs", "student-s", "teacher-s"))
+    teacher: str = _opt("teacher-s", "teacher preset", choices=("student-xs", "student-s", "teacher-s"))
+    device: str = _opt("auto", "torch device: auto picks CUDA when present", choices=("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training on each client."""
+
+    method: str = _opt("dp-opd", "local objective", choices=("dp-sft", "dp-kd", "dp-opd"))
+    local_steps: int = _opt(8, "DP-SGD steps per client per round", lo=1)
+    batch_size: int = _opt(16, "expected (Poisson) batch size", lo=1)
+    lr: float = _opt(2e-3, "student learning rate (Adam)", lo=0.0)
+    teacher_steps: int = _opt(150, "teacher training steps on the client's records", lo=0)
+    teacher_lr: float = _opt(3e-3, "teacher learning rate", lo=0.0)
+    teacher_private: bool = _opt(True, "teacher trained on the client's private records (else public)")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation objective (ALGORITHMS.md §3–§5)."""
+
+    beta: float = _opt(0.0, "generalized JSD beta (0 = forward KL, 1 = reverse KL)", lo=0.0, hi=1.0)
+    lam: float = _opt(1.0, "probability of an on-policy step (DP-OPD lambda)", lo=0.0, hi=1.0)
+    temperature: float = _opt(1.0, "distillation temperature tau_d", lo=1e-3)
+    gen_temperature: float = _opt(1.0, "rollout sampling temperature gamma", lo=0.0)
+    gen_length: int = _opt(24, "tokens generated per on-policy rollout", lo=1)
+    prompt_length: int = _opt(16, "prompt tokens kept before the continuation", lo=1)
+    swing: bool = _opt(True, "swing-style per-token temperature and noise (§5)")
+    tau0: float = _opt(1.0, "swing base temperature", lo=1e-3)
+    tau_max: float = _opt(8.0, "swing temperature on private tokens", lo=1e-3)
+    noise_s0: float = _opt(0.0, "swing logit noise std on public tokens", lo=0.0)
+    noise_s1: float = _opt(1.0, "extra swing logit noise std on private tokens", lo=0.0)
+    privacy_source: str = _opt("detector", "where token privacy likelihoods come from",
+                               choices=("detector", "canary"))
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """DP-SGD and accounting (ALGORITHMS.md §2)."""
+
+    enabled: bool = _opt(True, "train the student with DP-SGD")
+    target_epsilon: float = _opt(2.0, "epsilon for the whole federation run", lo=1e-3)
+    delta: float = _opt(0.0, "delta; 0 picks 1/N rounded down to a power of ten, at most 1e-5", lo=0.0, hi=1e-2)
+    max_grad_norm: float = _opt(1.0, "per-example clipping norm C", lo=1e-6)
+    accountant: str = _opt("prv", "privacy accountant", choices=("prv", "rdp"))
+    grad_sample_mode: str = _opt("ghost", "Opacus per-sample gradient mode", choices=("ghost", "hooks"))
+
+
+@dataclass(frozen=True)
+class HEConfig:
+    """CKKS homomorphic aggregation (ALGORITHMS.md §7)."""
+
+    enabled: bool = _opt(False, "aggregate client updates under CKKS encryption")
+    profile: str = _opt("compact", "CKKS parameter profile", choices=("compact", "conservative"))
+    key_dir: str = _opt("", "key directory; empty provisions keys into the run directory")
+    verify_every: int = _opt(1, "every k-th round a client checks HE vs plaintext (0 = never)", lo=0)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Leakage audits (ALGORITHMS.md §8)."""
+
+    enabled: bool = _opt(True, "run audits at the end of the run")
+    kinds: tuple[str, ...] = _opt(("exposure", "memorisation", "mia", "epsilon"), "which audits run",
+                                  choices=("exposure", "memorisation", "mia", "epsilon"))
+    canary_repetitions: tuple[int, ...] = _opt((1, 4, 16), "times each inserted canary is repeated")
+    canaries_per_setting: int = _opt(1, "canaries per (client, repetition) setting", lo=0)
+    canary_clients: int = _opt(1, "how many clients receive canaries", lo=0)
+    n_references: int = _opt(2000, "reference candidates per canary format", lo=16)
+    every_round: bool = _opt(False, "also audit after every round")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where runs are recorded."""
+
+    url: str = _opt("", "SQLAlchemy URL; empty uses $FEDVEIL_DB or sqlite:///runs/fedveil.db")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Identity of the run."""
+
+    name: str = _opt("demo", "human-readable run name")
+    seed: int = _opt(0, "master seed", lo=0)
+    run_dir: str = _opt("runs", "where run artefacts (tokenizer, keys, checkpoints) go")
+    run_id: str = _opt("", "run id; empty generates one (set by `fedveil run`)")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole experiment."""
+
+    run: RunSection = field(default_factory=RunSection)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    he: HEConfig = field(default_factory=HEConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def replace(self, **sections: Any) -> "Config":
+        """Return a copy with whole sections replaced."""
+        return dataclasses.replace(self, **sections)
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunSection, "federation": FederationConfig, "data": DataConfig, "model": ModelConfig,
+    "train": TrainConfig, "distill": DistillConfig, "privacy": PrivacyConfig, "he": HEConfig,
+    "audit": AuditConfig, "store": StoreConfig,
+}
+
+
+def _fields(section: str) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+
+
+def _describe(f: dataclasses.Field[Any]) -> str:
+    m = f.metadata
+    if m.get("choices"):
+        return "one of: " + ", ".join(map(str, m["choices"]))
+    kind = _kind(f)
+    rng = ""
+    if m.get("lo") is not None or m.get("hi") is not None:
+        rng = f" in [{m.get('lo', '-inf')}, {m.get('hi') if m.get('hi') is not None else 'inf'}]"
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"{article} {kind}{rng}"
+
+
+def _kind(f: dataclasses.Field[Any]) -> str:
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    if isinstance(default, tuple):
+        return "list of " + ("integers" if default and isinstance(default[0], int) else "strings")
+    return {bool: "boolean", int: "integer", float: "number", str: "string"}[type(default)]
+
+
+def _coerce(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
+    """Check one value against its field's type and constraints; return the typed value."""
+    m = f.metadata
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    bad = ConfigError(f"{key} = {value!r} is not allowed; expected {_describe(f)}")
+    if isinstance(default, tuple):
+        if isinstance(value, str):  # the run_config form
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item_t = int if default and isinstance(default[0], int) else str
+        try:
+            items = tuple(item_t(v) for v in value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if item_t is int and any(isinstance(v, bool) for v in value):
+            raise bad
+        if m.get("choices"):
+            for v in items:
+                if v not in m["choices"]:
+                    raise ConfigError(f"{key} contains {v!r}, which is not allowed; "
+                                      f"each item must be one of: {', '.join(m['choices'])}")
+        return items
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+        if value != value:  # NaN
+            raise bad
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad
+    if m.get("choices") and value not in m["choices"]:
+        raise bad
+    if m.get("lo") is not None and value < m["lo"]:
+        raise bad
+    if m.get("hi") is not None and value > m["hi"]:
+        raise bad
+    return value
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Build a validated :class:`Config` from a nested mapping (missing keys take defaults)."""
+    sections: dict[str, Any] = {}
+    for name, body in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown section [{name}]; allowed sections: {', '.join(SECTIONS)}")
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"[{name}] must be a table of keys, got {body!r}")
+        fields = _fields(name)
+        values = {}
+        for key, value in body.items():
+            if key not in fields:
+                raise ConfigError(f"unknown key '{name}.{key}'; allowed keys in [{name}]: {', '.join(fields)}")
+            values[key] = _coerce(f"{name}.{key}", fields[key], value)
+        sections[name] = SECTIONS[name](**values)
+    cfg = Config(**sections)
+    _check_cross(cfg)
+    return cfg
+
+
+def _check_cross(cfg: Config) -> None:
+    """Constraints that involve more than one key."""
+    if cfg.federation.min_clients > cfg.federation.clients:
+        raise ConfigError(f"federation.min_clients = {cfg.federation.min_clients} is not allowed; "
+                          f"expected at most federation.clients = {cfg.federation.clients}")
+    if cfg.data.task == "text-file" and not cfg.data.path:
+        raise ConfigError("data.path = '' is not allowed when data.task = 'text-file'; expected a file path")
+    if cfg.distill.tau_max < cfg.distill.tau0:
+        raise ConfigError(f"distill.tau_max = {cfg.distill.tau_max} is not allowed; expected >= distill.tau0")
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Nested plain-dict form (lists for tuples), suitable for TOML/JSON."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        sec = getattr(cfg, name)
+        out[name] = {f.name: list(v) if isinstance(v := getattr(sec, f.name), tuple) else v
+                     for f in dataclasses.fields(sec)}
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as a TOML value; bare words stay strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, dict[str, Any]], overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Apply ``section.key=value`` strings to a nested dict (validation happens in :func:`from_dict`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not allowed; expected section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"override key {dotted!r} is not allowed; expected section.key "
+                              f"(sections: {', '.join(SECTIONS)})")
+        sec, key = parts
+        data.setdefault(sec, {})[key] = parse_value(raw.strip())
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load defaults, then a TOML file, then overrides; validate everything."""
+    data: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        try:
+            loaded = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+        data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in loaded.items()}
+    return from_dict(apply_overrides(data, overrides))
+
+
+def to_run_config(cfg: Config) -> dict[str, Scalar]:
+    """Flatten to Flower's run_config: ``{"section.key": scalar}``; lists become comma strings."""
+    flat: dict[str, Scalar] = {}
+    for sec, body in to_dict(cfg).items():
+        for key, value in body.items():
+            flat[f"{sec}.{key}"] = ",".join(map(str, value)) if isinstance(value, list) else value
+    return flat
+
+
+def from_run_config(run_config: Mapping[str, Any]) -> Config:
+    """Inverse of :func:`to_run_config`; ignores nothing, so unknown keys are errors."""
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in run_config.items():
+        sec, _, key = str(dotted).partition(".")
+        if not key:
+            raise ConfigError(f"unknown run_config key '{dotted}'; expected section.key")
+        nested.setdefault(sec, {})[key] = value
+    return from_dict(nested)
+
+
+def reference_markdown() -> str:
+    """The configuration reference table used in README."""
+    lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for name in SECTIONS:
+        for f in dataclasses.fields(SECTIONS[name]):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            lines.append(f"| `{name}.{f.name}` | `{shown!r}` | {_describe(f)} | {f.metadata['help']} |")
+    return "\n".join(lines)

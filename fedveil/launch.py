@@ -1,0 +1,140 @@
+"""Launch a configured experiment through ``flwr run`` on a local simulation SuperLink.
+
+``fedveil run`` and ``flwr run .`` run the same experiment: this module writes the full,
+validated configuration as a run-config override file and calls ``flwr run`` on the
+project directory. Paths are made absolute first because the ServerApp runs in the
+SuperLink's working directory, not ours. ``FLWR_HOME`` is private to fedveil so its
+SuperLink state never mixes with another project's, and the detached local SuperLink that
+``flwr run`` starts is stopped by PID when the run ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import tomli_w
+
+from fedveil.config import Config, to_dict
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def flwr_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: offline, no telemetry, no per-run dependency install."""
+    env = dict(os.environ)
+    env.update(FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", RAY_DEDUP_LOGS="0",
+               TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS="", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_DIR), env.get("PYTHONPATH", "")])))
+    return env
+
+
+def absolutise(cfg: Config, db_url: str) -> Config:
+    """Resolve the run id, run directory and store URL before the config leaves this process."""
+    run = dataclasses.replace(cfg.run, run_id=cfg.run.run_id or uuid.uuid4().hex[:12],
+                              run_dir=str(Path(cfg.run.run_dir).resolve()))
+    data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).resolve()) if cfg.data.path else "",
+                               heldout_path=str(Path(cfg.data.heldout_path).resolve()) if cfg.data.heldout_path else "")
+    he = dataclasses.replace(cfg.he, key_dir=str(Path(cfg.he.key_dir).resolve()) if cfg.he.key_dir else "")
+    store = dataclasses.replace(cfg.store, url=db_url)
+    return cfg.replace(run=run, data=data, he=he, store=store)
+
+
+class PeakMemory:
+    """Samples system-wide used memory (MemTotal − MemAvailable) to report a run's peak increase."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.base_ = self._used()
+        self.peak_ = self.base_
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _used() -> int:
+        try:
+            info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+            return (int(info["MemTotal"].split()[0]) - int(info["MemAvailable"].split()[0])) * 1024
+        except (OSError, KeyError, ValueError):
+            return 0
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_ = max(self.peak_, self._used())
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_increase_mb(self) -> float:
+        return max(0, self.peak_ - self.base_) / 2**20
+
+
+def _superlink_pids(flwr_home: Path) -> list[int]:
+    """PIDs of processes started with this FLWR_HOME (the detached local SuperLink and its children)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"FLWR_HOME={flwr_home}".encode() in env:
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_superlink(flwr_home: Path, grace: float = 5.0) -> int:
+    """Stop every process that runs under this FLWR_HOME; returns how many were signalled."""
+    pids = _superlink_pids(flwr_home)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def run_simulation(cfg: Config, *, flwr_home: Path, stream: bool = True, timeout: float | None = None) -> int:
+    """Run the experiment via ``flwr run`` with a local simulation; returns flwr's exit code."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    override = flwr_home / f"run-{cfg.run.run_id}.toml"
+    override.write_text(tomli_w.dumps(to_dict(cfg)))
+    fed = f"num-supernodes={cfg.federation.clients} client-resources-num-cpus={cfg.federation.cpus_per_client}"
+    gpus = 0.0
+    if cfg.model.device != "cpu":
+        import torch
+        gpus = 1.0 / max(cfg.federation.clients, 1) if torch.cuda.is_available() else 0.0
+    fed += f" client-resources-num-gpus={gpus}"
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    cmd = [flwr, "run", str(PROJECT_DIR), "-c", str(override), "--federation-config", fed]
+    if stream:
+        cmd.append("--stream")
+    try:
+        proc = subprocess.run(cmd, env=flwr_env(flwr_home), cwd=str(PROJECT_DIR), timeout=timeout, check=False)
+        return proc.returncode
+    finally:
+        stop_superlink(flwr_home)

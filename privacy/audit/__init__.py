@@ -1,0 +1,59 @@
+"""fedveil: privacy/audit — canaries, exposure, membership inference, empirical ε, memorisation (ALGORITHMS.md §8)."""
+
+from privacy.audit.canaries import (
+    Canary,
+    CanaryFormat,
+    candidate_token_ids,
+    equal_length_candidates,
+    insert_canaries,
+    plan_canaries,
+    plan_one_run_canaries,
+    sample_secrets,
+)
+from privacy.audit.epsilon import (
+    best_attack_epsilon,
+    clopper_pearson_epsilon,
+    one_run_epsilon,
+    one_run_guesses,
+)
+from privacy.audit.exposure import (
+    ExtrapolatedExposure,
+    exposure_report,
+    rank_exposure,
+    skewnorm_exposure,
+)
+from privacy.audit.memorisation import (
+    MemorisationResult,
+    extraction_check,
+    inherited_count,
+)
+from privacy.audit.mia import RocMetrics, loglog_roc_points, mia_scores, roc_metrics
+from privacy.audit.scoring import secret_log_perplexity, token_logprobs
+
+__all__ = [
+    "Canary",
+    "CanaryFormat",
+    "ExtrapolatedExposure",
+    "MemorisationResult",
+    "RocMetrics",
+    "best_attack_epsilon",
+    "candidate_token_ids",
+    "clopper_pearson_epsilon",
+    "equal_length_candidates",
+    "exposure_report",
+    "extraction_check",
+    "inherited_count",
+    "insert_canaries",
+    "loglog_roc_points",
+    "mia_scores",
+    "one_run_epsilon",
+    "one_run_guesses",
+    "plan_canaries",
+    "plan_one_run_canaries",
+    "rank_exposure",
+    "roc_metrics",
+    "sample_secrets",
+    "secret_log_perplexity",
+    "skewnorm_exposure",
+    "token_logprobs",
+]

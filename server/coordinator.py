@@ -1,0 +1,117 @@
+"""The server's run: set-up, the federated rounds, the final checkpoint and statement.
+
+The server trains the shared tokenizer on public text only, provisions HE keys when asked,
+greets the nodes, runs the strategy and records the run. Any exception marks the run failed
+in the store before it propagates, so the store never shows a half-finished run as running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from client.textdata import public_corpus
+from distill.models import build_lm
+from distill.tokenizer import save_tokenizer, tokenizer_to_json, train_tokenizer
+from fedveil.config import Config, from_run_config, to_dict
+from fedveil.store import Store, default_db_url
+from server.statement import privacy_statement
+from server.strategies.fedavg import PrivateFedAvg
+
+log = logging.getLogger("fedveil.server")
+
+
+def resolve_url(cfg: Config) -> str:
+    """The store URL: the config's, else $FEDVEIL_DB, else ./runs/fedveil.db."""
+    return cfg.store.url or default_db_url()
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    """Node ids once at least ``minimum`` are connected (deployment nodes may come late)."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < minimum:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(nodes)} nodes connected after {timeout:.0f}s; need {minimum}")
+        time.sleep(1.0)
+    return nodes
+
+
+def greet(grid: Grid, nodes: list[int], timeout: float) -> dict[int, dict[str, Any]]:
+    """Ask every node for its partition id and record count (``query.hello``)."""
+    msgs = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type="query.hello")
+            for n in nodes]
+    info: dict[int, dict[str, Any]] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error() or "hello" not in reply.content.config_records:
+            log.warning("node %s did not answer hello: %s", reply.metadata.src_node_id,
+                        reply.error.reason if reply.has_error() else "no 'hello' record")
+            continue
+        info[reply.metadata.src_node_id] = dict(reply.content.config_records["hello"])
+    return info
+
+
+def run_federation(grid: Grid, run_config: dict[str, Any]) -> str:
+    """Run one experiment end to end; returns the run id."""
+    cfg = from_run_config(run_config)
+    run_id = cfg.run.run_id or uuid.uuid4().hex[:12]
+    cfg = cfg.replace(run=dataclasses.replace(cfg.run, run_id=run_id))
+    run_dir = (Path(cfg.run.run_dir) / run_id).resolve()
+    store = Store(resolve_url(cfg))
+    store.create_run(to_dict(cfg), run_id=run_id, name=cfg.run.name, method=cfg.train.method,
+                     task=cfg.data.task, he_enabled=cfg.he.enabled, num_clients=cfg.federation.clients,
+                     num_rounds=cfg.federation.rounds, seed=cfg.run.seed, run_dir=str(run_dir))
+    t0 = time.perf_counter()
+    try:
+        store.mark_running(run_id)
+        _run(grid, cfg, store, run_id, run_dir)
+        store.complete_run(run_id, wall_seconds=time.perf_counter() - t0)
+    except BaseException as exc:
+        store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        store.close()
+    return run_id
+
+
+def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fed = cfg.federation
+    tokenizer = train_tokenizer(public_corpus(cfg.run.seed, cfg.data.public_records), vocab_size=cfg.data.vocab_size)
+    tok_dir = save_tokenizer(tokenizer, run_dir / "tokenizer")
+    store.add_artifact(run_id, "tokenizer", str(tok_dir / "tokenizer.json"))
+    model = build_lm(cfg.model.student, len(tokenizer), seed=cfg.run.seed)
+    initial = ArrayRecord(model.state_dict())
+
+    nodes = wait_for_nodes(grid, fed.min_clients, fed.round_timeout)
+    hello = greet(grid, nodes, fed.round_timeout)
+    node_to_client = {node: int(h["partition-id"]) for node, h in hello.items()}
+    for node, h in hello.items():
+        store.register_client(run_id, int(h["partition-id"]), node_id=str(node), num_examples=int(h["num-examples"]))
+    total_examples = sum(int(h["num-examples"]) for h in hello.values())
+
+    common: dict[str, Any] = {"tokenizer": tokenizer_to_json(tokenizer), "he-scale": float(max(total_examples, 1))}
+    kwargs = dict(store=store, run_id=run_id, node_to_client=node_to_client, min_clients=fed.min_clients,
+                  max_payload_bytes=int(fed.max_payload_mb * 2**20), max_grad_norm=cfg.privacy.max_grad_norm,
+                  fraction_train=fed.fraction_train)
+    strategy: PrivateFedAvg
+    if cfg.he.enabled:
+        from server.strategies.he_fedavg import HEFedAvg
+        strategy = HEFedAvg(cfg=cfg, run_dir=run_dir, **kwargs)  # type: ignore[arg-type]
+    else:
+        strategy = PrivateFedAvg(**kwargs)  # type: ignore[arg-type]
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds, timeout=fed.round_timeout,
+                            train_config=ConfigRecord(common), evaluate_config=ConfigRecord(common))
+    final = result.arrays
+    if final is not None and not cfg.he.enabled:  # under HE the server holds only ciphertext
+        model.load_state_dict(final.to_torch_state_dict())
+        from distill.models import save_checkpoint
+        ckpt = save_checkpoint(model, run_dir / "global", meta={"run_id": run_id, "rounds": fed.rounds})
+        store.add_artifact(run_id, "global-student", str(ckpt / "model.safetensors"))
+    store.set_privacy_statement(run_id, privacy_statement(cfg, store.latest_ledger(run_id)))

@@ -1,0 +1,207 @@
+"""PrivateFedAvg: Flower's FedAvg with reply validation and a per-round record in the store.
+
+It keeps Flower's round loop (``Strategy.start``) and sampling, and changes three things:
+every reply is validated before use (a bad one is rejected with a logged reason while the
+round goes on), a round with fewer usable replies than ``min_clients`` fails cleanly, and
+each round — metrics, privacy ledger, HE costs, drop-outs — is written to the store in one
+transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedveil.store import EventRow, HERow, LedgerRow, MetricRow, Store
+from server.validation import ArraySpec, RejectedReply, check_metrics, check_plain_arrays, weighted_mean
+
+log = logging.getLogger("fedveil.server")
+CLIENT_METRICS = ("train-loss", "epsilon", "seconds", "num-examples", "steps", "on-policy-steps", "empty-batches")
+
+
+class RoundFailed(RuntimeError):
+    """Fewer usable replies than the configured minimum."""
+
+
+@dataclass
+class RoundLog:
+    """What one round produced, flushed to the store when the round ends."""
+
+    started_at: datetime
+    t0: float
+    sampled: int = 0
+    replied: int = 0
+    metrics: list[MetricRow] = field(default_factory=list)
+    ledger: list[LedgerRow] = field(default_factory=list)
+    he: list[HERow] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
+
+
+class PrivateFedAvg(FedAvg):
+    """FedAvg over validated plaintext weights, recording every round.
+
+    Parameters
+    ----------
+    store, run_id : where rounds are recorded.
+    node_to_client : node id → client (partition) index, from the hello query.
+    min_clients : usable replies needed for a round to count.
+    max_payload_bytes : replies larger than this are rejected.
+    """
+
+    def __init__(self, *, store: Store, run_id: str, node_to_client: dict[int, int], min_clients: int,
+                 max_payload_bytes: int, max_grad_norm: float, fraction_train: float = 1.0,
+                 fraction_evaluate: float = 1.0) -> None:
+        super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
+                         min_train_nodes=min_clients, min_evaluate_nodes=min_clients,
+                         min_available_nodes=min_clients)
+        self.store, self.run_id = store, run_id
+        self.node_to_client = node_to_client
+        self.min_clients = min_clients
+        self.max_payload_bytes = max_payload_bytes
+        self.max_grad_norm = max_grad_norm
+        self.spec: ArraySpec | None = None
+        self.round: RoundLog | None = None
+        self.history: list[dict[str, float]] = []
+
+    # -- helpers ---------------------------------------------------------------------------
+    def client_of(self, msg: Message) -> int | None:
+        return self.node_to_client.get(msg.metadata.src_node_id)
+
+    def _event(self, server_round: int, msg: Message, kind: str, reason: str) -> None:
+        assert self.round is not None
+        client = self.client_of(msg)
+        log.warning("round %d: %s reply from client %s (node %s): %s", server_round, kind, client,
+                    msg.metadata.src_node_id, reason)
+        self.round.events.append(EventRow(kind=kind, reason=reason, client_index=client,
+                                          node_id=str(msg.metadata.src_node_id), server_round=server_round))
+
+    def _split_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """Drop error replies (recorded as failed / refused / dropped) and keep the rest."""
+        assert self.round is not None
+        ok: list[Message] = []
+        for msg in replies:
+            if msg.has_error():
+                reason = msg.error.reason or "unknown error"
+                kind = "refused-budget" if "PrivacyBudgetExhausted" in reason or "budget" in reason else "failed"
+                if "timed out" in reason.lower() or "timeout" in reason.lower():
+                    kind = "dropped"
+                self._event(server_round, msg, kind, reason.strip().splitlines()[-1][:500])
+            else:
+                ok.append(msg)
+        self.round.replied = len(ok)
+        return ok
+
+    # -- Flower hooks ----------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.round = RoundLog(started_at=datetime.now(timezone.utc), t0=time.perf_counter())
+        if self.spec is None:
+            self.spec = ArraySpec.of(arrays)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.round.sampled = len(messages)
+        self._sampled_nodes = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def validate_update(self, msg: Message) -> Any:
+        """Return the usable update of one reply or raise RejectedReply."""
+        assert self.spec is not None
+        return check_plain_arrays(msg, self.spec, self.max_payload_bytes)
+
+    def combine(self, server_round: int, accepted: list[tuple[Message, Any, MetricRecord]]) -> ArrayRecord:
+        """Aggregate accepted updates (plaintext: weighted mean by num-examples)."""
+        mean = weighted_mean([(upd, float(m["num-examples"])) for _, upd, m in accepted])
+        return ArrayRecord({k: Array(v) for k, v in mean.items()})
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self.round is not None
+        replies = list(replies)
+        seen = {m.metadata.src_node_id for m in replies}
+        for node in sorted(self._sampled_nodes - seen):
+            self.round.events.append(EventRow(kind="dropped", reason="no reply before the round timeout",
+                                              client_index=self.node_to_client.get(node), node_id=str(node),
+                                              server_round=server_round))
+        accepted: list[tuple[Message, Any, MetricRecord]] = []
+        for msg in self._split_replies(server_round, replies):
+            try:
+                metrics = check_metrics(msg)
+                accepted.append((msg, self.validate_update(msg), metrics))
+            except RejectedReply as exc:
+                self._event(server_round, msg, "rejected", str(exc))
+        if len(accepted) < self.min_clients:
+            self._flush(server_round, "failed")
+            raise RoundFailed(f"round {server_round}: {len(accepted)} usable replies, "
+                              f"fewer than min_clients = {self.min_clients}")
+        for msg, _, m in accepted:
+            self._record_client(server_round, msg, m)
+        t0 = time.perf_counter()
+        arrays = self.combine(server_round, accepted)
+        self.round.metrics.append(MetricRow("aggregate-seconds", time.perf_counter() - t0, server_round))
+        n = [float(m["num-examples"]) for _, _, m in accepted]
+        loss = [float(m.get("train-loss", float("nan"))) for _, _, m in accepted]
+        agg = MetricRecord({"train-loss": float(np.average(loss, weights=n)), "clients": len(accepted)})
+        self.round.metrics.append(MetricRow("train-loss", float(agg["train-loss"]), server_round))
+        return arrays, agg
+
+    def _record_client(self, server_round: int, msg: Message, m: MetricRecord) -> None:
+        assert self.round is not None
+        client = int(m["partition-id"])
+        for key in CLIENT_METRICS:
+            if key in m:
+                self.round.metrics.append(MetricRow(key, float(m[key]), server_round, client))  # type: ignore[arg-type]
+        priv = msg.content.config_records.get("privacy", ConfigRecord())
+        if bool(priv.get("dp", False)):
+            self.round.ledger.append(LedgerRow(
+                client_index=client, epsilon=float(m["epsilon"]), delta=float(m["delta"]),  # type: ignore[arg-type]
+                noise_multiplier=float(m["noise-multiplier"]), sample_rate=float(m["sample-rate"]),  # type: ignore[arg-type]
+                steps=int(m["steps"]), accountant=str(priv.get("accountant", "prv")),  # type: ignore[call-overload]
+                max_grad_norm=self.max_grad_norm, grad_sample_mode=str(priv.get("grad-sample-mode", "")),
+                server_round=server_round))
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Exact global perplexity: exp(Σ NLL / Σ tokens) over the clients' held-out shards."""
+        nll, tokens = 0.0, 0
+        assert self.round is not None
+        for msg in replies:
+            if msg.has_error():
+                self._event(server_round, msg, "failed", f"evaluate: {msg.error.reason.strip()[-300:]}")
+                continue
+            try:
+                m = check_metrics(msg, ("nll-sum", "tokens"))
+            except RejectedReply as exc:
+                self._event(server_round, msg, "rejected", f"evaluate: {exc}")
+                continue
+            c_nll, c_tok = float(m["nll-sum"]), int(m["tokens"])  # type: ignore[call-overload]
+            nll, tokens = nll + c_nll, tokens + c_tok
+            if c_tok:
+                client = self.client_of(msg)
+                self.round.metrics.append(MetricRow("client-perplexity", math.exp(c_nll / c_tok), server_round, client))
+        result = None
+        if tokens:
+            ppl = math.exp(nll / tokens)
+            self.round.metrics.append(MetricRow("perplexity", ppl, server_round))
+            result = MetricRecord({"perplexity": ppl, "tokens": tokens})
+            log.info("round %d: global held-out perplexity %.3f over %d tokens", server_round, ppl, tokens)
+        self._flush(server_round, "completed")
+        return result
+
+    def _flush(self, server_round: int, status: str) -> None:
+        assert self.round is not None
+        r = self.round
+        self.store.record_round(
+            self.run_id, server_round, status=status, started_at=r.started_at,
+            finished_at=datetime.now(timezone.utc), num_sampled=r.sampled, num_replied=r.replied,
+            num_failed=sum(1 for e in r.events if e.kind in ("failed", "dropped", "refused-budget")),
+            num_rejected=sum(1 for e in r.events if e.kind == "rejected"),
+            metrics=r.metrics + [MetricRow("round-seconds", time.perf_counter() - r.t0, server_round)],
+            ledger=r.ledger, he=r.he, events=r.events)
