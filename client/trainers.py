@@ -146,7 +146,7 @@ def train_teacher(model: torch.nn.Module, data: TokenisedRecords, *, steps: int,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
