@@ -2,9 +2,10 @@
 
 Message protocol (every field is validated by :mod:`client.protocol` before use)
 
-``query.hello``  → reply ConfigRecord "hello": partition-id, num-examples, device.
+``query.hello``  ← "config" (the run's tokenizer as JSON, kept in Context.state);
+                 → reply ConfigRecord "hello": partition-id, num-examples, device.
 ``train``        ← "arrays" (global weights, plaintext or CKKS payload), "config" (server-round,
-                   tokenizer JSON, HE weight scale); → "arrays", "metrics", "privacy".
+                   tokenizer sha256, HE weight scale); → "arrays", "metrics", "privacy".
 ``evaluate``     ← "arrays", "config"; → "metrics" with nll-sum and tokens on the client's
                    held-out shard (the server combines them into one exact perplexity).
 """
@@ -27,6 +28,7 @@ log = logging.getLogger("fedveil.client")
 def hello(msg: Message, context: Context) -> Message:
     """Announce which partition this node holds and how many records (for weights and the store)."""
     node = runtime.NodeState.from_context(context)
+    runtime.remember_tokenizer(msg, context)
     info = ConfigRecord({"partition-id": node.partition_id, "num-examples": node.num_examples(),
                          "device": str(node.device)})
     return Message(RecordDict({"hello": info}), reply_to=msg)
@@ -37,7 +39,7 @@ def train(msg: Message, context: Context) -> Message:
     """One round of local DP training; refuses rounds that would overspend ε."""
     t0 = time.perf_counter()
     node = runtime.NodeState.from_context(context)
-    request = runtime.parse_request(msg, node.cfg)
+    request = runtime.parse_request(msg, context)
     result = runtime.train_round(node, request, context)
     result.metrics["seconds"] = time.perf_counter() - t0
     content = RecordDict({"arrays": result.arrays, "metrics": MetricRecord(result.metrics),
@@ -49,7 +51,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Held-out NLL of the global model on this client's shard."""
     node = runtime.NodeState.from_context(context)
-    request = runtime.parse_request(msg, node.cfg)
+    request = runtime.parse_request(msg, context)
     nll, tokens = runtime.evaluate_global(node, request)
     metrics = MetricRecord({"num-examples": max(tokens, 1), "nll-sum": nll, "tokens": tokens})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -81,12 +81,24 @@ class Request:
     he_scale: float
 
 
-def parse_request(msg: Message, cfg: Config) -> Request:
+def remember_tokenizer(msg: Message, context: Context) -> None:
+    """Keep the run's tokenizer (sent once, in the hello query) in Context.state."""
+    tok_json = require_str(require_config(msg.content, "config"), "tokenizer")
+    _tokenizer(tok_json)  # fail now, not mid-round, if it does not parse
+    context.state.config_records["tokenizer"] = ConfigRecord({"json": tok_json})
+
+
+def parse_request(msg: Message, context: Context) -> Request:
     """Check every field the client reads: presence, type, range."""
     content = msg.content
     conf = require_config(content, "config")
     server_round = require_int(conf, "server-round", lo=1)
-    tok_json = require_str(conf, "tokenizer")
+    if "tokenizer" not in context.state.config_records:
+        raise ProtocolError("this node has no tokenizer for the run (the hello query was not received)")
+    tok_json = str(context.state.config_records["tokenizer"]["json"])
+    expected = require_str(conf, "tokenizer-sha256")
+    if hashlib.sha256(tok_json.encode()).hexdigest() != expected:
+        raise ProtocolError("the node's tokenizer differs from the server's (sha256 mismatch)")
     if "arrays" not in content.array_records:
         raise ProtocolError("request has no ArrayRecord 'arrays'")
     he_scale = float(conf["he-scale"]) if "he-scale" in conf else 1.0

@@ -355,6 +355,15 @@ def to_run_config(cfg: Config) -> dict[str, Scalar]:
     return flat
 
 
+def to_flower_tables(cfg: Config) -> dict[str, dict[str, Scalar]]:
+    """Nested tables of scalars: the form of ``[tool.flwr.app.config]`` and of ``flwr run -c FILE``."""
+    nested: dict[str, dict[str, Scalar]] = {}
+    for dotted, value in to_run_config(cfg).items():
+        sec, key = dotted.split(".", 1)
+        nested.setdefault(sec, {})[key] = value
+    return nested
+
+
 def from_run_config(run_config: Mapping[str, Any]) -> Config:
     """Inverse of :func:`to_run_config`; ignores nothing, so unknown keys are errors."""
     nested: dict[str, dict[str, Any]] = {}

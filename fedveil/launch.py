@@ -22,7 +22,7 @@ from pathlib import Path
 
 import tomli_w
 
-from fedveil.config import Config, to_dict
+from fedveil.config import Config, to_flower_tables
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -34,6 +34,7 @@ def flwr_env(flwr_home: Path) -> dict[str, str]:
                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", RAY_DEDUP_LOGS="0",
                TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS="", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
                PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_DIR), env.get("PYTHONPATH", "")])))
     return env
 
@@ -119,22 +120,29 @@ def stop_superlink(flwr_home: Path, grace: float = 5.0) -> int:
 
 
 def run_simulation(cfg: Config, *, flwr_home: Path, stream: bool = True, timeout: float | None = None) -> int:
-    """Run the experiment via ``flwr run`` with a local simulation; returns flwr's exit code."""
+    """Run the experiment via ``flwr run`` with a local simulation; returns flwr's exit code.
+
+    With ``stream=False`` Flower's log goes to ``<run_dir>/<run_id>.log`` instead of the terminal.
+    """
     flwr_home.mkdir(parents=True, exist_ok=True)
     override = flwr_home / f"run-{cfg.run.run_id}.toml"
-    override.write_text(tomli_w.dumps(to_dict(cfg)))
-    fed = f"num-supernodes={cfg.federation.clients} client-resources-num-cpus={cfg.federation.cpus_per_client}"
+    override.write_text(tomli_w.dumps(to_flower_tables(cfg)))
+    cpus = cfg.federation.cpus_per_client
+    fed = f"num-supernodes={cfg.federation.clients} client-resources-num-cpus={int(cpus) if cpus.is_integer() else cpus}"
     gpus = 0.0
     if cfg.model.device != "cpu":
         import torch
         gpus = 1.0 / max(cfg.federation.clients, 1) if torch.cuda.is_available() else 0.0
     fed += f" client-resources-num-gpus={gpus}"
     flwr = str(Path(sys.executable).with_name("flwr"))
-    cmd = [flwr, "run", str(PROJECT_DIR), "-c", str(override), "--federation-config", fed]
-    if stream:
-        cmd.append("--stream")
+    # --stream also makes `flwr run` wait for the run to finish; without it, it returns at once.
+    cmd = [flwr, "run", str(PROJECT_DIR), "-c", str(override), "--federation-config", fed, "--stream"]
+    log_path = Path(cfg.run.run_dir) / f"{cfg.run.run_id}.log"
     try:
-        proc = subprocess.run(cmd, env=flwr_env(flwr_home), cwd=str(PROJECT_DIR), timeout=timeout, check=False)
+        with open(log_path, "w") as log:
+            out = None if stream else log
+            proc = subprocess.run(cmd, env=flwr_env(flwr_home), cwd=str(PROJECT_DIR), timeout=timeout,
+                                  check=False, stdout=out, stderr=out)
         return proc.returncode
     finally:
         stop_superlink(flwr_home)

@@ -8,6 +8,7 @@ in the store before it propagates, so the store never shows a half-finished run 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 import uuid
@@ -43,9 +44,10 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
     return nodes
 
 
-def greet(grid: Grid, nodes: list[int], timeout: float) -> dict[int, dict[str, Any]]:
-    """Ask every node for its partition id and record count (``query.hello``)."""
-    msgs = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type="query.hello")
+def greet(grid: Grid, nodes: list[int], timeout: float, tokenizer_json: str) -> dict[int, dict[str, Any]]:
+    """Hand every node the run's tokenizer; ask for its partition id and record count (``query.hello``)."""
+    msgs = [Message(RecordDict({"config": ConfigRecord({"tokenizer": tokenizer_json})}), dst_node_id=n,
+                    message_type="query.hello")
             for n in nodes]
     info: dict[int, dict[str, Any]] = {}
     for reply in grid.send_and_receive(msgs, timeout=timeout):
@@ -90,13 +92,14 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     initial = ArrayRecord(model.state_dict())
 
     nodes = wait_for_nodes(grid, fed.min_clients, fed.round_timeout)
-    hello = greet(grid, nodes, fed.round_timeout)
+    tok_json = tokenizer_to_json(tokenizer)
+    hello = greet(grid, nodes, fed.round_timeout, tok_json)
     node_to_client = {node: int(h["partition-id"]) for node, h in hello.items()}
     for node, h in hello.items():
         store.register_client(run_id, int(h["partition-id"]), node_id=str(node), num_examples=int(h["num-examples"]))
     total_examples = sum(int(h["num-examples"]) for h in hello.values())
 
-    common: dict[str, Any] = {"tokenizer": tokenizer_to_json(tokenizer), "he-scale": float(max(total_examples, 1))}
+    common: dict[str, Any] = {"tokenizer-sha256": hashlib.sha256(tok_json.encode()).hexdigest(), "he-scale": float(max(total_examples, 1))}
     kwargs = dict(store=store, run_id=run_id, node_to_client=node_to_client, min_clients=fed.min_clients,
                   max_payload_bytes=int(fed.max_payload_mb * 2**20), max_grad_norm=cfg.privacy.max_grad_norm,
                   fraction_train=fed.fraction_train)

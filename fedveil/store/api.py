@@ -195,6 +195,13 @@ class Store(AuditingStore):
             if peak_rss_mb is not None:
                 run.peak_rss_mb = opt_number(peak_rss_mb, "peak_rss_mb")
 
+    def set_resources(self, run_id: str, *, wall_seconds: float, peak_rss_mb: float) -> None:
+        """Record the launcher's end-to-end wall time and peak memory increase for a run."""
+        with self.session() as s:
+            run = self._run(s, run_id)
+            run.wall_seconds = opt_number(wall_seconds, "wall_seconds")
+            run.peak_rss_mb = opt_number(peak_rss_mb, "peak_rss_mb")
+
     def fail_run(
         self, run_id: str, error: str, *, wall_seconds: float | None = None, peak_rss_mb: float | None = None
     ) -> bool:

@@ -1,0 +1,109 @@
+"""One small real Flower simulation end to end (`fedveil run`), and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from opacus.accountants import PRVAccountant
+
+from fedveil.store import Store
+
+FEDVEIL = str(Path(sys.executable).with_name("fedveil"))
+SMALL = """
+[run]
+name = "e2e"
+[federation]
+clients = 2
+rounds = 2
+[data]
+records_per_client = 24
+public_records = 200
+heldout_records = 8
+max_length = 48
+vocab_size = 400
+[train]
+method = "dp-opd"
+local_steps = 2
+batch_size = 8
+teacher_steps = 3
+[distill]
+gen_length = 6
+prompt_length = 8
+[audit]
+enabled = false
+"""
+
+
+def _cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
+    return subprocess.run([FEDVEIL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    work = tmp_path_factory.mktemp("e2e")
+    (work / "small.toml").write_text(SMALL)
+    db = f"sqlite:///{work / 'store.db'}"
+    proc = _cli("run", "-c", "small.toml", "--db", db, "--quiet", cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work, db, proc.stdout
+
+
+@pytest.mark.slow
+def test_simulation_stores_a_complete_run(small_run: tuple[Path, str, str]) -> None:
+    work, db, stdout = small_run
+    runs = json.loads(_cli("runs", "--format", "json", "--db", db, cwd=work).stdout)
+    assert len(runs) == 1 and runs[0]["status"] == "completed"
+    run_id = runs[0]["id"]
+    assert run_id in stdout and "final perplexity" in stdout
+    shown = json.loads(_cli("show", run_id, "--format", "json", "--db", db, cwd=work).stdout)
+    assert {"run", "clients", "rounds", "metrics", "privacy_ledger", "he_records", "events", "audits",
+            "epsilon_bounds", "artifacts"} <= set(shown)
+    assert shown["run"]["config"]["federation"]["clients"] == 2
+    assert [r["server_round"] for r in shown["rounds"]] == [1, 2]
+    assert all(r["status"] == "completed" and r["num_replied"] == 2 for r in shown["rounds"])
+    assert sorted(c["client_index"] for c in shown["clients"]) == [0, 1]
+    ppl = [m for m in shown["metrics"] if m["name"] == "perplexity"]
+    assert [m["round"] for m in ppl] == [1, 2] and all(m["value"] > 1 for m in ppl)
+    ledger = shown["privacy_ledger"]
+    assert len(ledger) == 4
+    for row in ledger:
+        assert 0 < row["epsilon"] <= 2.0
+        acc = PRVAccountant()
+        acc.history = [(row["noise_multiplier"], row["sample_rate"], row["steps"])]
+        assert row["epsilon"] == pytest.approx(acc.get_epsilon(delta=row["delta"]), rel=1e-6)
+    assert "Not covered" in shown["run"]["privacy_statement"]
+    assert {a["kind"] for a in shown["artifacts"]} >= {"tokenizer", "global-student"}
+    assert shown["run"]["wall_seconds"] > 0
+    # No leftover SuperLink / simulation processes from this run's FLWR_HOME.
+    from fedveil.launch import _superlink_pids
+    assert _superlink_pids((work / "runs" / ".flwr-home").resolve()) == []
+
+
+def test_wrong_config_key_is_one_line(tmp_path: Path) -> None:
+    proc = _cli("run", "--set", "federation.clientz=3", "--db", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown key 'federation.clientz'" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
+
+
+def test_unreadable_data_file_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "records.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": broken\n')
+    proc = _cli("run", "--set", "data.task=text-file", "--set", f"data.path='{bad}'", "--db",
+                f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"{bad}:2:" in proc.stderr.replace("\n", "")
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_run_id_is_one_line(tmp_path: Path) -> None:
+    Store(f"sqlite:///{tmp_path / 's.db'}").close()
+    proc = _cli("show", "nope", "--db", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown run id 'nope'" in proc.stderr and "Traceback" not in proc.stderr
