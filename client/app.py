@@ -24,9 +24,17 @@ app = ClientApp()
 log = logging.getLogger("fedveil.client")
 
 
+def _is_digits(context: Context) -> bool:
+    """The digits task (soft-label FD, ALGORITHMS.md §6) has its own client runtime."""
+    return str(context.run_config.get("data.task", "")) == "digits"
+
+
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
     """Announce which partition this node holds and how many records (for weights and the store)."""
+    if _is_digits(context):
+        from client import fd_runtime
+        return fd_runtime.handle_hello(msg, context)
     node = runtime.NodeState.from_context(context)
     runtime.remember_tokenizer(msg, context)
     info = ConfigRecord({"partition-id": node.partition_id, "num-examples": node.num_examples(),
@@ -37,6 +45,9 @@ def hello(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local DP training; refuses rounds that would overspend ε."""
+    if _is_digits(context):
+        from client import fd_runtime
+        return fd_runtime.handle_train(msg, context)
     t0 = time.perf_counter()
     node = runtime.NodeState.from_context(context)
     request = runtime.parse_request(msg, context)
@@ -50,6 +61,9 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Held-out NLL of the global model on this client's shard."""
+    if _is_digits(context):
+        from client import fd_runtime
+        return fd_runtime.handle_evaluate(msg, context)
     node = runtime.NodeState.from_context(context)
     request = runtime.parse_request(msg, context)
     nll, tokens = runtime.evaluate_global(node, request)

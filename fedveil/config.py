@@ -70,7 +70,7 @@ class DataConfig:
                           choices=("iid", "dirichlet", "classes"))
     alpha: float = _opt(0.5, "Dirichlet concentration for partition=dirichlet", lo=1e-3)
     classes_per_client: int = _opt(2, "classes (topics) per client for partition=classes", lo=1)
-    max_length: int = _opt(96, "tokens per training sequence", lo=8, hi=4096)
+    max_length: int = _opt(128, "tokens per training sequence", lo=8, hi=4096)
     vocab_size: int = _opt(1024, "byte-level BPE vocabulary size", lo=300, hi=65536)
 
 
@@ -135,6 +135,25 @@ class HEConfig:
     profile: str = _opt("compact", "CKKS parameter profile", choices=("compact", "conservative"))
     key_dir: str = _opt("", "key directory; empty provisions keys into the run directory")
     verify_every: int = _opt(1, "every k-th round a client checks HE vs plaintext (0 = never)", lo=0)
+    value_scale: float = _opt(4.0, "values are divided by this public constant before encryption so that "
+                              "model weights fit the profile's range (error grows by the same factor)", lo=1e-3)
+
+
+@dataclass(frozen=True)
+class FDConfig:
+    """Soft-label federated distillation on a public proxy set (task = digits, ALGORITHMS.md §6)."""
+
+    mode: str = _opt("fd-kmeans", "what clients share", choices=("local", "fedavg", "fd", "fd-kmeans"))
+    proxy_size: int = _opt(300, "public proxy samples carved from the training pool", lo=10)
+    temperature: float = _opt(2.0, "soft-label temperature tau", lo=1e-3)
+    mu: float = _opt(1.0, "weight of the distillation term", lo=0.0)
+    quantile: float = _opt(0.75, "KMeans filter threshold quantile rho", lo=0.01, hi=1.0)
+    clusters_per_class: int = _opt(3, "KMeans clusters per local class", lo=1)
+    warmup_epochs: int = _opt(5, "local epochs before the first round", lo=0)
+    local_epochs: int = _opt(2, "local epochs per round", lo=1)
+    lr: float = _opt(5e-3, "classifier learning rate (Adam)", lo=0.0)
+    batch_size: int = _opt(32, "classifier batch size", lo=1)
+    hidden: int = _opt(64, "hidden units of the digits MLP", lo=1)
 
 
 @dataclass(frozen=True)
@@ -180,6 +199,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     he: HEConfig = field(default_factory=HEConfig)
+    fd: FDConfig = field(default_factory=FDConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
 
@@ -190,7 +210,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "run": RunSection, "federation": FederationConfig, "data": DataConfig, "model": ModelConfig,
-    "train": TrainConfig, "distill": DistillConfig, "privacy": PrivacyConfig, "he": HEConfig,
+    "train": TrainConfig, "distill": DistillConfig, "privacy": PrivacyConfig, "he": HEConfig, "fd": FDConfig,
     "audit": AuditConfig, "store": StoreConfig,
 }
 

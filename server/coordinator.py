@@ -72,7 +72,11 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> str:
     t0 = time.perf_counter()
     try:
         store.mark_running(run_id)
-        _run(grid, cfg, store, run_id, run_dir)
+        if cfg.data.task == "digits":
+            from server.fd_coordinator import run_digits
+            run_digits(grid, cfg, store, run_id, run_dir)
+        else:
+            _run(grid, cfg, store, run_id, run_dir)
         store.complete_run(run_id, wall_seconds=time.perf_counter() - t0)
     except BaseException as exc:
         store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
