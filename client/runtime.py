@@ -50,7 +50,10 @@ class NodeState:
         pid = int(nc["partition-id"])
         data_path = str(nc["data-path"]) if "data-path" in nc else None
         device = pick_device(str(nc.get("device", cfg.model.device)))
-        return cls(cfg, pid, device, data_path)
+        node = cls(cfg, pid, device, data_path)
+        if "he-secret-context" in nc:  # deployment: the node's own copy of the clients' secret context
+            node.extra["he-secret"] = str(nc["he-secret-context"])
+        return node
 
     def texts(self) -> list[str]:
         if self.data_path:  # deployment: the node's own file, never partitioned by the server
@@ -204,6 +207,8 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
     batches = poisson_batches(n, q, cfg.train.local_steps, rng)
     losses = run_dp_steps(session, batches, lambda idx: trainer.loss(session, idx), ledger if sigma else None, q)
     student = session.close()
+    # The node's last local student, kept for the end-of-run audit (never sent anywhere else).
+    context.state.array_records["student"] = ArrayRecord(student.state_dict())
     context.state.config_records["ledger"] = ConfigRecord(ledger.state_dict())  # type: ignore[arg-type]
     eps = ledger.epsilon(delta) if sigma else float("inf")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pytest
@@ -31,16 +32,20 @@ def setup() -> tuple:
 
 
 def _msg(kind: str, arrays: ArrayRecord | None, tok: object, server_round: int = 1) -> Message:
-    content = RecordDict({"config": ConfigRecord({"server-round": server_round, "tokenizer": tokenizer_to_json(tok),
-                                                   "he-scale": 48.0})})
+    tj = tokenizer_to_json(tok)
+    content = RecordDict({"config": ConfigRecord({"server-round": server_round, "tokenizer": tj, "he-scale": 48.0,
+                                                   "tokenizer-sha256": hashlib.sha256(tj.encode()).hexdigest()})})
     if arrays is not None:
         content["arrays"] = arrays
     return Message(content, dst_node_id=11, message_type=kind)
 
 
-def _context(cfg: object) -> Context:
-    return Context(run_id=1, node_id=11, node_config={"partition-id": 0, "num-partitions": 2},
-                   state=RecordDict(), run_config=to_run_config(cfg))  # type: ignore[arg-type]
+def _context(cfg: object, tok: object = None) -> Context:
+    ctx = Context(run_id=1, node_id=11, node_config={"partition-id": 0, "num-partitions": 2},
+                  state=RecordDict(), run_config=to_run_config(cfg))  # type: ignore[arg-type]
+    if tok is not None:  # what the hello query leaves behind
+        ctx.state.config_records["tokenizer"] = ConfigRecord({"json": tokenizer_to_json(tok)})
+    return ctx
 
 
 def test_hello_reports_partition(setup: tuple) -> None:
@@ -54,7 +59,7 @@ def test_hello_reports_partition(setup: tuple) -> None:
 def test_train_accumulates_epsilon_and_refuses_over_budget(setup: tuple, method: str) -> None:
     cfg, tok = setup
     cfg = load_config(None, [*OVERRIDES, f"train.method={method}"])
-    ctx = _context(cfg)
+    ctx = _context(cfg, tok)
     model = build_lm(cfg.model.student, len(tok))
     arrays = ArrayRecord(model.state_dict())
     eps = []
@@ -83,7 +88,7 @@ def test_train_accumulates_epsilon_and_refuses_over_budget(setup: tuple, method:
 def test_evaluate_returns_nll_and_tokens(setup: tuple) -> None:
     cfg, tok = setup
     model = build_lm(cfg.model.student, len(tok))
-    reply = client_app(_msg("evaluate", ArrayRecord(model.state_dict()), tok), _context(cfg))
+    reply = client_app(_msg("evaluate", ArrayRecord(model.state_dict()), tok), _context(cfg, tok))
     m = reply.content.metric_records["metrics"]
     assert m["tokens"] > 0
     # An untrained model is close to uniform: perplexity near the vocabulary size.
@@ -104,5 +109,5 @@ def test_malformed_request_is_refused(setup: tuple) -> None:
     bad = Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
                               "config": ConfigRecord({"server-round": "one"})}), dst_node_id=11, message_type="train")
     with pytest.raises(ValueError, match="server-round"):
-        client_app(bad, _context(cfg))
+        client_app(bad, _context(cfg, tok))
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedveil.config import (Config, ConfigError, from_dict, from_run_config, load_config, reference_markdown,
-                            to_dict, to_run_config)
+                            to_dict, to_flower_tables, to_run_config)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def test_pyproject_run_config_matches_defaults() -> None:
     """`flwr run .` (pyproject defaults) and `fedveil run` (dataclass defaults) are the same experiment."""
     app_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert from_dict(app_cfg) == Config()
-    assert to_dict(Config()) == app_cfg
+    assert to_flower_tables(Config()) == app_cfg
 
 
 def test_run_config_round_trip_is_lossless() -> None:
