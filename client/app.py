@@ -67,7 +67,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     node = runtime.NodeState.from_context(context)
     request = runtime.parse_request(msg, context)
     nll, tokens = runtime.evaluate_global(node, request)
-    metrics = MetricRecord({"num-examples": max(tokens, 1), "nll-sum": nll, "tokens": tokens})
+    values: dict[str, int | float] = {"num-examples": max(tokens, 1), "nll-sum": nll, "tokens": tokens}
+    for key in ("he-verify-error", "he-decrypt-s"):  # measured while decrypting the encrypted aggregate
+        if key in node.extra:
+            values[key] = float(node.extra[key])
+    metrics = MetricRecord(values)
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 

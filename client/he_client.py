@@ -1,10 +1,18 @@
 """Client side of encrypted aggregation (ALGORITHMS.md §7).
 
-Each client sends ``Enc(w_c·θ_c)`` and ``Enc(w_c)`` with ``w_c = n_c / S`` where ``S`` is a
-public scale broadcast by the server (the federation's total record count). The server only
-adds ciphertexts; a decrypting client divides the summed update by the summed weight, so the
-result is the exact weighted mean over the clients whose payloads were accepted — drop-outs
-and rejected payloads do not bias it, and no plaintext scalar multiplication is ever needed.
+Each client sends one CKKS payload holding ``w_c·θ_c/K``, ``w_c`` and ``w_c·v/K`` where
+
+* ``w_c = n_c / S`` with ``S`` a public scale broadcast by the server (the federation's
+  total record count), so that every weight is in (0, 1] and sums stay in range;
+* ``K`` (``he.value_scale``) is a public constant bringing model weights into the
+  profile's value range;
+* ``v`` is a public pseudo-random verification block, the same for every client.
+
+The server only adds ciphertexts. A decrypting client divides the summed update by the
+summed weight, so the result is the exact weighted mean over the clients whose payloads
+were accepted — drop-outs and rejected payloads do not bias it, and no plaintext scalar
+multiplication is needed. Decrypting the summed ``v`` block must give back ``v``: the
+difference is the measured end-to-end HE error of that aggregation.
 """
 
 from __future__ import annotations
@@ -15,24 +23,41 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
-COUNT_KEY = "__weight__"
-HE_MARKER = "he-header"
+WEIGHT_KEY = "__weight__"
+VERIFY_KEY = "__verify__"
+VERIFY_SIZE = 2048
+HEADER_KEY = "he.header"  # privacy.he.wire.HEADER_KEY, repeated to keep this import light
 
 
 def is_encrypted(arrays: ArrayRecord) -> bool:
     """Whether an ArrayRecord carries a CKKS payload rather than plaintext weights."""
-    return HE_MARKER in arrays
+    return HEADER_KEY in arrays
+
+
+def verification_block(seed: int = 20261128) -> np.ndarray:
+    """The public block every client adds; its decrypted mean must equal itself."""
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, VERIFY_SIZE)
+
+
+def payload_arrays(state: dict[str, np.ndarray], value_scale: float, verify: bool) -> dict[str, np.ndarray]:
+    """What is encrypted (before weighting): scaled weights, a unit weight, the verification block."""
+    arrays = {k: (np.asarray(v, dtype=np.float64) / value_scale).astype(v.dtype) for k, v in state.items()}
+    arrays[WEIGHT_KEY] = np.ones(1, dtype=np.float64)
+    if verify:
+        arrays[VERIFY_KEY] = verification_block() / value_scale
+    return arrays
 
 
 def secret_context_path(node: Any) -> Path:
-    """Where this node's secret context lives: node config in deployment, the run dir in simulation."""
-    cfg = node.cfg
+    """The clients' secret context: node config in deployment, ``he.key_dir`` in simulation."""
     if node.extra.get("he-secret"):
         return Path(node.extra["he-secret"])
-    key_dir = Path(cfg.he.key_dir) if cfg.he.key_dir else Path(cfg.run.run_dir) / cfg.run.run_id / "keys"
-    return key_dir / "secret.ctx"
+    if not node.cfg.he.key_dir:
+        raise FileNotFoundError("he.enabled is true but no key directory is known: set he.key_dir (fedveil run "
+                                "provisions one) or the node config key he-secret-context")
+    return Path(node.cfg.he.key_dir) / "secret.ctx"
 
 
 def _secret_context(node: Any) -> Any:
@@ -44,22 +69,33 @@ def _secret_context(node: Any) -> Any:
     return cache[str(path)]
 
 
+def decrypt_mean(node: Any, arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    """Decrypt a summed payload and divide by the summed weight; records timing and HE error."""
+    from privacy.he.packing import decrypt_payload, payload_from_arrays
+    t0 = time.perf_counter()
+    payload = payload_from_arrays({k: v.numpy() for k, v in arrays.items()})
+    summed = decrypt_payload(_secret_context(node), payload)
+    weight = float(np.asarray(summed.pop(WEIGHT_KEY)).reshape(-1)[0])
+    if not weight > 1e-9:
+        raise ValueError("encrypted aggregate carries no weight (no client contributed)")
+    k = node.cfg.he.value_scale
+    mean = {name: np.asarray(v, dtype=np.float64) * (k / weight) for name, v in summed.items()}
+    if VERIFY_KEY in mean:
+        node.extra["he-verify-error"] = float(np.max(np.abs(mean.pop(VERIFY_KEY) - verification_block())))
+    node.extra["he-decrypt-s"] = time.perf_counter() - t0
+    return mean
+
+
 def global_state(node: Any, request: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Plaintext global weights, decrypting the encrypted aggregate when needed."""
     if not is_encrypted(request.arrays):
         return request.arrays.to_torch_state_dict()  # type: ignore[no-any-return]
-    from privacy.he.packing import decrypt_payload, payload_from_arrays
-    t0 = time.perf_counter()
-    payload = payload_from_arrays({k: v.numpy() for k, v in request.arrays.items()})
-    summed = decrypt_payload(_secret_context(node), payload)
-    weight = float(np.asarray(summed.pop(COUNT_KEY)).reshape(-1)[0])
-    if not weight > 0:
-        raise ValueError("encrypted aggregate carries no weight (no client contributed)")
     reference = model.state_dict()
-    state = {k: torch.from_numpy(np.asarray(v, dtype=np.float64) / weight).to(reference[k].dtype)
-             for k, v in summed.items()}
-    node.extra["he-decrypt-s"] = time.perf_counter() - t0
-    return state
+    mean = decrypt_mean(node, request.arrays)
+    if set(mean) != set(reference):
+        raise ValueError("decrypted aggregate does not match the student's parameter names")
+    return {name: torch.from_numpy(mean[name]).to(reference[name].dtype).reshape(reference[name].shape)
+            for name in reference}
 
 
 def encode_update(node: Any, request: Any, model: torch.nn.Module, n_examples: int) -> tuple[ArrayRecord, dict[str, float]]:
@@ -67,15 +103,16 @@ def encode_update(node: Any, request: Any, model: torch.nn.Module, n_examples: i
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if not node.cfg.he.enabled:
         return ArrayRecord(state), {}
-    from flwr.app import Array
-
     from privacy.he.packing import encrypt_arrays, payload_nbytes, payload_to_arrays
-    arrays = {k: v.numpy().astype(np.float32) for k, v in state.items()}
-    arrays[COUNT_KEY] = np.ones(1, dtype=np.float64)
+    he = node.cfg.he
+    arrays = payload_arrays({k: v.numpy() for k, v in state.items()}, he.value_scale, he.verify_every > 0)
     t0 = time.perf_counter()
-    payload = encrypt_arrays(_secret_context(node), arrays, weight=n_examples / request.he_scale,
-                             profile=node.cfg.he.profile)
+    payload = encrypt_arrays(_secret_context(node), arrays, weight=min(1.0, n_examples / request.he_scale),
+                             profile=he.profile)
     enc_s = time.perf_counter() - t0
     record = ArrayRecord({k: Array(v) for k, v in payload_to_arrays(payload).items()})
-    return record, {"he-encrypt-s": enc_s, "he-bytes": float(payload_nbytes(payload)),
-                    "he-decrypt-s": float(node.extra.get("he-decrypt-s", 0.0))}
+    metrics = {"he-encrypt-s": enc_s, "he-bytes": float(payload_nbytes(payload)),
+               "he-values": float(payload.n_values)}
+    if "he-decrypt-s" in node.extra:
+        metrics["he-decrypt-s"] = float(node.extra["he-decrypt-s"])
+    return record, metrics

@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from client import he_client
 from client.dp import DPSession, Ledger, PrivacyBudgetExhausted, default_delta, plan_noise, poisson_batches, run_dp_steps
 from client.protocol import ProtocolError, require_config, require_int, require_str
-from client.textdata import TokenisedRecords, client_texts, heldout_shard, public_corpus, tokenise
+from client.textdata import TokenisedRecords, client_texts, heldout_shard, public_corpus, tokenise, with_canaries
 from client.trainers import KDConfig, LMTrainer, OPDConfig, SFTConfig, TrainerConfig, heldout_nll, train_teacher
 from distill.loaders import load_text_records
 from distill.models import build_lm, pick_device
@@ -122,7 +122,8 @@ def _data(node: NodeState, tokenizer: Any) -> TokenisedRecords:
     key = (id(tokenizer), node.partition_id, node.data_path)
     cached = node.extra.get("data")
     if cached is None or cached[0] != key:
-        data = tokenise(tokenizer, node.texts(), max_length=cfg.data.max_length,
+        data = tokenise(tokenizer, with_canaries(cfg, node.partition_id, node.texts(), tokenizer),
+                        max_length=cfg.data.max_length,
                         prompt_length=cfg.distill.prompt_length)
         node.extra["data"] = (key, data)
         return data
@@ -230,10 +231,10 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
 def evaluate_global(node: NodeState, request: Request) -> tuple[float, int]:
     """Sum NLL and token count of the global student on this node's held-out shard."""
     cfg = node.cfg
+    model = _global_student(node, request)  # decrypts (and measures HE error) even with an empty shard
     texts = heldout_shard(cfg, node.partition_id)
     if not texts:
         return 0.0, 0
     data = tokenise(request.tokenizer, texts, max_length=cfg.data.max_length,
                     prompt_length=cfg.distill.prompt_length, with_privacy=False)
-    model = _global_student(node, request)
     return heldout_nll(model, data, node.device)

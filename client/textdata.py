@@ -17,6 +17,8 @@ from distill.data import generate_private_records, generate_public_corpus
 from distill.loaders import load_text_records
 from distill.partition import partition
 from fedveil.config import Config
+from privacy.audit.canaries import Canary
+from privacy.audit.plan import insert_planned, run_canary_plan, training_encode
 from privacy.pii import DetectorSource, PIIDetector
 
 PUBLIC_SEED_OFFSET = 7919  # public corpus seed differs from every private seed
@@ -92,6 +94,31 @@ def client_texts(cfg: Config, partition_id: int) -> list[str]:
         kw["classes_per_client"] = cfg.data.classes_per_client
     parts = partition(kind, np.asarray(topics), n_clients, np.random.default_rng(cfg.run.seed), **kw)
     return [texts[i] for i in parts[partition_id]]
+
+
+_PLANS: dict[tuple[Config, int], tuple[object, list[Canary]]] = {}
+
+
+def canary_plan(cfg: Config, tokenizer: object) -> list[Canary]:
+    """The run's canary plan (privacy.audit.plan), cached per configuration and tokenizer object."""
+    key = (cfg, id(tokenizer))
+    cached = _PLANS.get(key)
+    # The tokenizer is kept in the value so that its id cannot be reused while the entry lives.
+    if cached is None or cached[0] is not tokenizer:
+        if len(_PLANS) >= 8:
+            _PLANS.clear()
+        cached = (tokenizer, run_canary_plan(cfg, training_encode(tokenizer)))
+        _PLANS[key] = cached
+    return cached[1]
+
+
+def with_canaries(cfg: Config, partition_id: int, texts: list[str], tokenizer: object) -> list[str]:
+    """The records a client trains on: its own ``texts`` plus its planned audit canaries.
+
+    Canaries (ALGORITHMS.md §8) are planned from the run seed, so the server knows the ground truth
+    without receiving anything; a client that holds none gets ``texts`` unchanged.
+    """
+    return insert_planned(cfg, partition_id, texts, canary_plan(cfg, tokenizer))
 
 
 def heldout_texts(cfg: Config) -> list[str]:

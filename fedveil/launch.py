@@ -45,7 +45,14 @@ def absolutise(cfg: Config, db_url: str) -> Config:
                               run_dir=str(Path(cfg.run.run_dir).resolve()))
     data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).resolve()) if cfg.data.path else "",
                                heldout_path=str(Path(cfg.data.heldout_path).resolve()) if cfg.data.heldout_path else "")
-    he = dataclasses.replace(cfg.he, key_dir=str(Path(cfg.he.key_dir).resolve()) if cfg.he.key_dir else "")
+    key_dir = str(Path(cfg.he.key_dir).resolve()) if cfg.he.key_dir else ""
+    if cfg.he.enabled and not key_dir:
+        # Simulation: provision the federation's keys here, before the server starts, so the
+        # ServerApp process only ever reads the public context (ALGORITHMS.md §1).
+        from privacy.he.keys import write_keys
+        key_dir = str(Path(run.run_dir) / run.run_id / "keys")
+        write_keys(key_dir, cfg.he.profile)
+    he = dataclasses.replace(cfg.he, key_dir=key_dir)
     store = dataclasses.replace(cfg.store, url=db_url)
     return cfg.replace(run=run, data=data, he=he, store=store)
 

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -116,7 +117,11 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds, timeout=fed.round_timeout,
                             train_config=ConfigRecord(common), evaluate_config=ConfigRecord(common))
     final = result.arrays
-    if final is not None and not cfg.he.enabled:  # under HE the server holds only ciphertext
+    if final is not None and cfg.he.enabled:  # under HE the server holds only ciphertext: keep that
+        blob = run_dir / "global-encrypted.npz"
+        np.savez(blob, **{k.replace(".", "_"): v.numpy() for k, v in final.items()})
+        store.add_artifact(run_id, "global-student-encrypted", str(blob))
+    elif final is not None:
         model.load_state_dict(final.to_torch_state_dict())
         from distill.models import save_checkpoint
         ckpt = save_checkpoint(model, run_dir / "global", meta={"run_id": run_id, "rounds": fed.rounds})

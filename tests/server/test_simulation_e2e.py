@@ -85,6 +85,31 @@ def test_simulation_stores_a_complete_run(small_run: tuple[Path, str, str]) -> N
     assert _superlink_pids((work / "runs" / ".flwr-home").resolve()) == []
 
 
+@pytest.mark.slow
+def test_he_run_matches_plaintext_run(small_run: tuple[Path, str, str]) -> None:
+    """Same seed with HE on: the server only adds ciphertexts, the result equals the plaintext run's."""
+    work, db, _ = small_run
+    proc = _cli("run", "-c", "small.toml", "--set", "he.enabled=true", "--set", "run.name='e2e-he'", "--db", db,
+                "--quiet", cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = {r["name"]: r for r in json.loads(_cli("runs", "--format", "json", "--db", db, cwd=work).stdout)}
+    plain = json.loads(_cli("show", runs["e2e"]["id"], "--format", "json", "--db", db, cwd=work).stdout)
+    he = json.loads(_cli("show", runs["e2e-he"]["id"], "--format", "json", "--db", db, cwd=work).stdout)
+    ppl = {name: [m["value"] for m in run["metrics"] if m["name"] == "perplexity"]
+           for name, run in (("plain", plain), ("he", he))}
+    assert ppl["he"] == pytest.approx(ppl["plain"], rel=1e-3)
+    rows = he["he_records"]
+    clients = [r for r in rows if r["client_index"] is not None]
+    server = [r for r in rows if r["client_index"] is None]
+    assert len(clients) == 4 and all(r["bytes_sent"] > 0 and r["encrypt_seconds"] > 0 for r in clients)
+    assert len(server) == 2 and all(r["aggregate_seconds"] > 0 for r in server)
+    assert all(r["max_abs_error"] is not None and r["max_abs_error"] < 1e-4 for r in server)
+    bpv = [m["value"] for m in he["metrics"] if m["name"] == "he-bytes-per-value"]
+    assert bpv and all(v < 17.5 for v in bpv)  # compact profile: ~16.6 bytes per value
+    # The server process never had a secret key: only public.ctx is in its key dir's use; no plaintext global.
+    assert not any(a["kind"] == "global-student" for a in he["artifacts"])
+
+
 def test_wrong_config_key_is_one_line(tmp_path: Path) -> None:
     proc = _cli("run", "--set", "federation.clientz=3", "--db", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
     assert proc.returncode == 2

@@ -1,0 +1,198 @@
+"""Local training of a digits client: its data, its KMeans filter and (DP-)SGD rounds (ALGORITHMS.md §2, §6).
+
+With ``privacy.enabled`` every local step is DP-SGD (Opacus, Poisson sampling, planned σ), so
+the classifier — and the soft labels computed from it, a post-processing — are covered by the
+client's ε.  A distillation step forwards one private Poisson batch together with one batch of
+voted public proxy samples and hands DP-SGD one loss per row: CE rows for private records and
+``μ·τ²·KL`` rows for proxy samples.  Every row's gradient is clipped and the sum is noised, so
+one private record still moves the sum by at most ``C``: the proxy rows are public inputs and
+do not change the sensitivity.  Without DP the plain library loops of
+:mod:`distill.classifier` run instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from flwr.app import Context
+
+from client.dp import DPPlan, DPSession, Ledger, PrivacyBudgetExhausted, default_delta, plan_noise, poisson_batches, run_dp_steps
+from client.protocol import ProtocolError
+from distill.classifier import train_distill_epochs, train_epochs
+from distill.digits import ClientData, DigitsTask, client_splits, load_digits_task
+from distill.fd import kd_per_example
+from distill.kmeans_filter import KMeansDensityFilter
+from distill.partition import partition
+from fedveil.config import Config, from_run_config
+
+
+@dataclass(frozen=True)
+class DigitsNode:
+    """One node of the digits task: configuration, partition, the shared task and its own data."""
+
+    cfg: Config
+    partition_id: int
+    task: DigitsTask
+    data: ClientData
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What a local training round reports."""
+
+    metrics: dict[str, float | int]
+    mode: str
+
+
+@lru_cache(maxsize=8)
+def _config(items: tuple[tuple[str, object], ...]) -> Config:
+    return from_run_config(dict(items))
+
+
+@lru_cache(maxsize=4)
+def digits_clients(seed: int, proxy_size: int, n_clients: int, split: str, k: int,
+                   alpha: float) -> tuple[DigitsTask, tuple[ClientData, ...]]:
+    """The task and every client's data; deterministic in its arguments (data.partition §6 protocol).
+
+    ``split = "classes"`` gives client i the classes ``i..i+k−1 mod 10`` (k = 2 weak, k = 1 strong
+    non-IID); its test set is the global test images of those classes, as in ``client_splits``.
+    """
+    task = load_digits_task(seed=seed, proxy_size=proxy_size)
+    named = {"iid": "iid", "dirichlet": "dirichlet"}.get(split) or {1: "strong", 2: "weak"}.get(k)
+    if named is not None:
+        return task, tuple(client_splits(task, n_clients, named, seed=seed, alpha=alpha))
+    parts = partition("classes", task.y_train, n_clients, np.random.default_rng(seed), classes_per_client=k)
+    out = []
+    for ix in parts:
+        y = task.y_train[ix]
+        mask = np.isin(task.y_test, np.unique(y))
+        out.append(ClientData(task.X_train[ix], y, task.X_test[mask], task.y_test[mask], task.train_index[ix]))
+    return task, tuple(out)
+
+
+def load_node(context: Context) -> DigitsNode:
+    """This node's configuration and data from the run config and ``partition-id`` of the node config."""
+    cfg = _config(tuple(sorted(context.run_config.items())))
+    if "partition-id" not in context.node_config:
+        raise ProtocolError("node config has no 'partition-id'; start the SuperNode with "
+                            "--node-config \"partition-id=N\"")
+    pid = int(context.node_config["partition-id"])
+    if not 0 <= pid < cfg.federation.clients:
+        raise ProtocolError(f"partition-id {pid} is outside [0, {cfg.federation.clients - 1}] (federation.clients)")
+    task, clients = digits_clients(cfg.run.seed, cfg.fd.proxy_size, cfg.federation.clients, cfg.data.partition,
+                                   cfg.data.classes_per_client, cfg.data.alpha)
+    return DigitsNode(cfg, pid, task, clients[pid])
+
+
+def fit_filter(node: DigitsNode) -> KMeansDensityFilter:
+    """The client's KMeans density filter on its raw private images, fitted once per run (§6)."""
+    fd = node.cfg.fd
+    return KMeansDensityFilter(clusters_per_class=fd.clusters_per_class, quantile=fd.quantile,
+                               random_state=node.cfg.run.seed + node.partition_id).fit(node.data.X, node.data.y)
+
+
+def planned_steps(cfg: Config, n_records: int) -> int:
+    """DP-SGD steps of the whole run: ⌈n/B⌉ per epoch × (warm-up + (rounds − 1) × local epochs)."""
+    per_epoch = math.ceil(n_records / cfg.fd.batch_size)
+    return max(1, per_epoch * (cfg.fd.warmup_epochs + (cfg.federation.rounds - 1) * cfg.fd.local_epochs))
+
+
+@lru_cache(maxsize=64)
+def _plan(target: float, delta: float, n: int, batch: int, steps: int, clip: float, accountant: str) -> DPPlan:
+    return plan_noise(target_epsilon=target, delta=delta, n_records=n, batch_size=batch, total_steps=steps,
+                      max_grad_norm=clip, accountant=accountant)
+
+
+def dp_plan(cfg: Config, n_records: int) -> DPPlan | None:
+    """σ fixed before round 1 so the planned steps end at the target ε (ALGORITHMS.md §2); None without DP."""
+    p = cfg.privacy
+    if not p.enabled:
+        return None
+    delta = p.delta or default_delta(n_records)
+    return _plan(p.target_epsilon, delta, n_records, cfg.fd.batch_size, planned_steps(cfg, n_records),
+                 p.max_grad_norm, p.accountant)
+
+
+def _proxy_stream(n: int, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    perm = rng.permutation(n)
+    return [perm[s : s + batch] for s in range(0, n, batch)]
+
+
+def _dp_epochs(model: torch.nn.Module, node: DigitsNode, epochs: int, plan: DPPlan, ledger: Ledger,
+               proxy: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None,
+               rng: np.random.Generator, seed: int) -> tuple[list[float], int, str]:
+    cfg, fd = node.cfg, node.cfg.fd
+    X = torch.as_tensor(node.data.X, dtype=torch.float32)
+    y = torch.as_tensor(node.data.y, dtype=torch.int64)
+    steps = epochs * math.ceil(len(y) / fd.batch_size)
+    Xp = torch.as_tensor(proxy[0], dtype=torch.float32) if proxy else None
+    Tp = torch.as_tensor(proxy[1], dtype=torch.float32) if proxy else None
+    proxy_batch = min(fd.batch_size, len(Xp)) if Xp is not None else 0
+    gen = torch.Generator().manual_seed(seed)
+    session = DPSession(model, lr=fd.lr, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+                        expected_batch_size=fd.batch_size + proxy_batch, mode=cfg.privacy.grad_sample_mode,
+                        generator=gen)
+    queue: list[np.ndarray] = []
+
+    def loss_fn(idx: np.ndarray) -> torch.Tensor:
+        ix = torch.as_tensor(idx)
+        if Xp is None or Tp is None:
+            return torch.nn.functional.cross_entropy(session.module(X[ix]), y[ix], reduction="none")
+        if not queue:
+            queue.extend(_proxy_stream(len(Xp), proxy_batch, rng))
+        j = torch.as_tensor(queue.pop(0))
+        # One forward over private + proxy rows: ghost clipping needs one forward per step.
+        out = session.module(torch.cat([X[ix], Xp[j]]))
+        ce = torch.nn.functional.cross_entropy(out[: len(ix)], y[ix], reduction="none")
+        kd = fd.mu * kd_per_example(out[len(ix) :], Tp[j], fd.temperature)
+        return torch.cat([ce, kd])
+
+    batches = poisson_batches(len(y), plan.sample_rate, steps, rng)
+    losses = run_dp_steps(session, batches, loss_fn, ledger, plan.sample_rate)
+    session.close()
+    return losses, sum(1 for b in batches if len(b) == 0), session.mode
+
+
+def train_classifier(model: torch.nn.Module, node: DigitsNode, epochs: int, plan: DPPlan | None, ledger: Ledger,
+                     proxy: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None,
+                     rng: np.random.Generator, seed: int, server_round: int) -> RoundOutcome:
+    """``epochs`` local epochs: CE on private data, plus ``μ·τ²·KL`` on voted proxy samples when given (§6).
+
+    Raises
+    ------
+    PrivacyBudgetExhausted
+        The round's DP steps would take ε past the target (the client refuses the round).
+    """
+    cfg, fd, n = node.cfg, node.cfg.fd, len(node.data.y)
+    if plan is None:
+        if epochs == 0:
+            loss = float("nan")
+        elif proxy is None:
+            loss = train_epochs(model, node.data.X, node.data.y, epochs, fd.lr, fd.batch_size, rng)
+        else:
+            loss = train_distill_epochs(model, node.data.X, node.data.y, proxy[0], proxy[1], epochs, fd.lr,
+                                        fd.batch_size, rng, mu=fd.mu, temperature=fd.temperature)
+        metrics: dict[str, float | int] = {"epsilon": -1.0, "delta": 0.0, "noise-multiplier": 0.0,
+                                           "sample-rate": min(1.0, fd.batch_size / n), "steps": 0}
+        if math.isfinite(loss):
+            metrics["train-loss"] = loss
+        return RoundOutcome(metrics, "non-private")
+    round_steps = epochs * math.ceil(n / fd.batch_size)
+    projected = ledger.epsilon_after(plan.delta, plan.noise_multiplier, plan.sample_rate, round_steps)
+    if round_steps and projected > plan.target_epsilon * (1 + 1e-9):
+        raise PrivacyBudgetExhausted(
+            f"round {server_round} would raise epsilon to {projected:.3f} > budget {plan.target_epsilon} "
+            f"({ledger.steps} steps already taken); refusing")
+    losses, empty, mode = _dp_epochs(model, node, epochs, plan, ledger, proxy, rng, seed) if round_steps \
+        else ([], 0, cfg.privacy.grad_sample_mode)
+    metrics = {"epsilon": ledger.epsilon(plan.delta), "delta": plan.delta, "noise-multiplier": plan.noise_multiplier,
+               "sample-rate": plan.sample_rate, "steps": ledger.steps, "round-steps": round_steps,
+               "empty-batches": empty}
+    if losses:
+        metrics["train-loss"] = float(np.mean(losses))
+    return RoundOutcome(metrics, mode)

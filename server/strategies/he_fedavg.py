@@ -1,0 +1,109 @@
+"""HEFedAvg: FedAvg in which the server only adds CKKS ciphertexts (ALGORITHMS.md §1, §7).
+
+The server loads the public/evaluation context only (no secret key exists in its process).
+Clients pre-scale by their weight and add an encrypted weight (see :mod:`client.he_client`),
+so the server neither multiplies by scalars nor learns the aggregate: it returns the summed
+ciphertext to the clients, who decrypt, divide and evaluate. Each reply is validated —
+truncated, garbled, wrong-context or wrong-length payloads are rejected with a reason and
+the round goes on with the others.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+
+from client.he_client import payload_arrays
+from fedveil.config import Config
+from fedveil.store import HERow, MetricRow
+from privacy.he.errors import CiphertextError
+from privacy.he.keys import load_public_context
+from privacy.he.packing import (EncryptedPayload, payload_from_arrays, payload_nbytes, payload_to_arrays, specs_of,
+                                sum_payloads, validate_payload)
+from server.strategies.fedavg import PrivateFedAvg
+from server.validation import RejectedReply
+
+
+class HEFedAvg(PrivateFedAvg):
+    """Encrypted FedAvg; same validation, recording and round loop as :class:`PrivateFedAvg`.
+
+    Parameters
+    ----------
+    cfg : the run configuration (``he.*``).
+    run_dir : unused by the server's key handling; kept for symmetry with checkpoints.
+    """
+
+    def __init__(self, *, cfg: Config, run_dir: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not cfg.he.key_dir:
+            raise FileNotFoundError("he.enabled is true but he.key_dir is empty: create keys with "
+                                    "`fedveil keys init --out DIR` and set he.key_dir (fedveil run does this)")
+        self.profile = cfg.he.profile
+        self.value_scale = cfg.he.value_scale
+        self.verify = cfg.he.verify_every > 0
+        self.public_ctx = load_public_context(Path(cfg.he.key_dir) / "public.ctx")
+        self.expected_specs: tuple[Any, ...] | None = None
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any) -> Iterable[Message]:
+        if self.expected_specs is None:  # round 1: arrays are the (public, random) initial model
+            plain = {k: v.numpy() for k, v in arrays.items()}
+            self.expected_specs = specs_of(payload_arrays(plain, self.value_scale, self.verify))
+        messages = super().configure_train(server_round, arrays, config, grid)
+        self.spec = None  # plaintext shape checks do not apply to ciphertext replies
+        return messages
+
+    def validate_update(self, msg: Message) -> EncryptedPayload:
+        content = msg.content
+        if "arrays" not in content.array_records:
+            raise RejectedReply("reply has no ArrayRecord 'arrays'")
+        t0 = time.perf_counter()
+        try:
+            payload = payload_from_arrays({k: v.numpy() for k, v in content.array_records["arrays"].items()})
+            validate_payload(self.public_ctx, payload, self.expected_specs or (), self.max_payload_bytes,
+                             expected_profile=self.profile)
+        except CiphertextError as exc:
+            raise RejectedReply(f"ciphertext rejected ({exc.reason}): {exc}") from None
+        self._validate_s = getattr(self, "_validate_s", 0.0) + time.perf_counter() - t0
+        return payload
+
+    def combine(self, server_round: int, accepted: list[tuple[Message, Any, MetricRecord]]) -> ArrayRecord:
+        """Ciphertext additions only; the summed payload goes back to the clients."""
+        assert self.round is not None
+        t0 = time.perf_counter()
+        total = sum_payloads(self.public_ctx, [payload for _, payload, _ in accepted])
+        agg_s = time.perf_counter() - t0 + getattr(self, "_validate_s", 0.0)
+        self._validate_s = 0.0
+        for _, payload, m in accepted:
+            self.round.he.append(HERow(
+                profile=self.profile, bytes_sent=payload_nbytes(payload), client_index=int(m["partition-id"]),  # type: ignore[call-overload]
+                encrypt_seconds=float(m.get("he-encrypt-s", 0.0)),  # type: ignore[arg-type]
+                decrypt_seconds=float(m["he-decrypt-s"]) if "he-decrypt-s" in m else None,  # type: ignore[arg-type]
+                server_round=server_round))
+        self._pending_server_row = HERow(profile=self.profile, bytes_sent=payload_nbytes(total), client_index=None,
+                                         aggregate_seconds=agg_s, server_round=server_round)
+        self.round.metrics.append(MetricRow("he-bytes-per-value", float(np.mean(
+            [payload_nbytes(p) / max(p.n_values, 1) for _, p, _ in accepted])), server_round))
+        return ArrayRecord({k: Array(v) for k, v in payload_to_arrays(total).items()})
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Also record the HE error the clients measured when decrypting this round's aggregate."""
+        replies = list(replies)
+        errors = [float(r.content.metric_records["metrics"]["he-verify-error"]) for r in replies  # type: ignore[arg-type]
+                  if not r.has_error() and "metrics" in r.content.metric_records
+                  and "he-verify-error" in r.content.metric_records["metrics"]]
+        decrypt = [float(r.content.metric_records["metrics"]["he-decrypt-s"]) for r in replies  # type: ignore[arg-type]
+                   if not r.has_error() and "metrics" in r.content.metric_records
+                   and "he-decrypt-s" in r.content.metric_records["metrics"]]
+        row = getattr(self, "_pending_server_row", None)
+        if row is not None and self.round is not None:
+            self.round.he.append(HERow(
+                profile=row.profile, bytes_sent=row.bytes_sent, client_index=None,
+                aggregate_seconds=row.aggregate_seconds, server_round=server_round,
+                decrypt_seconds=float(np.mean(decrypt)) if decrypt else None,
+                max_abs_error=max(errors) if errors else None))
+            self._pending_server_row = None
+        return super().aggregate_evaluate(server_round, replies)
