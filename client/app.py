@@ -4,6 +4,8 @@ Message protocol (every field is validated by :mod:`client.protocol` before use)
 
 ``query.hello``  ← "config" (the run's tokenizer as JSON, kept in Context.state);
                  → reply ConfigRecord "hello": partition-id, num-examples, device.
+``query.audit``  ← "arrays" (final global weights), "config" (server-round, tokenizer sha256, kinds);
+                 → ConfigRecord "audit": JSON strings of exposure / memorisation / MIA / ε results.
 ``train``        ← "arrays" (global weights, plaintext or CKKS payload), "config" (server-round,
                    tokenizer sha256, HE weight scale); → "arrays", "metrics", "privacy".
 ``evaluate``     ← "arrays", "config"; → "metrics" with nll-sum and tokens on the client's
@@ -42,6 +44,13 @@ def hello(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"hello": info}), reply_to=msg)
 
 
+@app.query("restore")
+def restore(msg: Message, context: Context) -> Message:
+    """On resume: take the accountant history the store kept, so ε continues and is never reset."""
+    runtime.restore_ledger(msg, context)
+    return Message(RecordDict({"restored": ConfigRecord({"ok": True})}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local DP training; refuses rounds that would overspend ε."""
@@ -73,6 +82,13 @@ def evaluate(msg: Message, context: Context) -> Message:
             values[key] = float(node.extra[key])
     metrics = MetricRecord(values)
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query("audit")
+def audit(msg: Message, context: Context) -> Message:
+    """End-of-run audits of this node's models (ALGORITHMS.md §8); replies with numbers only."""
+    from client.audit_client import handle_audit
+    return handle_audit(msg, context)
 
 
 __all__ = ["app", "ArrayRecord"]

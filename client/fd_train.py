@@ -1,13 +1,11 @@
 """Local training of a digits client: its data, its KMeans filter and (DP-)SGD rounds (ALGORITHMS.md §2, §6).
 
-With ``privacy.enabled`` every local step is DP-SGD (Opacus, Poisson sampling, planned σ), so
-the classifier — and the soft labels computed from it, a post-processing — are covered by the
-client's ε.  A distillation step forwards one private Poisson batch together with one batch of
-voted public proxy samples and hands DP-SGD one loss per row: CE rows for private records and
-``μ·τ²·KL`` rows for proxy samples.  Every row's gradient is clipped and the sum is noised, so
-one private record still moves the sum by at most ``C``: the proxy rows are public inputs and
-do not change the sensitivity.  Without DP the plain library loops of
-:mod:`distill.classifier` run instead.
+With ``privacy.enabled`` every step on private records is DP-SGD (Opacus, Poisson sampling,
+planned σ), so the classifier — and the soft labels computed from it, a post-processing — are
+covered by the client's ε.  The distillation term only sees public proxy samples and public
+aggregated targets, so its steps run without clipping or noise between the DP steps and cost no
+ε (:func:`_dp_epochs`).  Without DP the joint-loss library loops of :mod:`distill.classifier`
+run instead (one step = one private batch + one proxy batch, ``CE + μ·τ²·KL``).
 """
 
 from __future__ import annotations
@@ -118,42 +116,58 @@ def dp_plan(cfg: Config, n_records: int) -> DPPlan | None:
                  p.max_grad_norm, p.accountant)
 
 
-def _proxy_stream(n: int, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
-    perm = rng.permutation(n)
-    return [perm[s : s + batch] for s in range(0, n, batch)]
+def _public_kd_step(model: torch.nn.Module, opt: torch.optim.Optimizer, Xp: torch.Tensor, Tp: torch.Tensor,
+                    mu: float, temperature: float) -> None:
+    """One plain Adam step on ``μ·mean τ²·KL(ŷ || softmax(f(x)/τ))`` over public proxy rows (§6)."""
+    loss = mu * kd_per_example(model(Xp), Tp, temperature).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def _dp_epochs(model: torch.nn.Module, node: DigitsNode, epochs: int, plan: DPPlan, ledger: Ledger,
                proxy: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None,
                rng: np.random.Generator, seed: int) -> tuple[list[float], int, str]:
+    """DP-SGD on private CE, each step followed by public KD steps that cover the voted proxy once per epoch.
+
+    Only the private steps touch private records, so only they are clipped, noised and counted by
+    the ledger; a KD step on public proxy samples with public targets is post-processing of the
+    current (DP) model and costs no ε.  Opacus' hooks are off during KD steps, which use their own
+    Adam, so nothing of them enters a DP step.
+    """
     cfg, fd = node.cfg, node.cfg.fd
     X = torch.as_tensor(node.data.X, dtype=torch.float32)
     y = torch.as_tensor(node.data.y, dtype=torch.int64)
-    steps = epochs * math.ceil(len(y) / fd.batch_size)
-    Xp = torch.as_tensor(proxy[0], dtype=torch.float32) if proxy else None
-    Tp = torch.as_tensor(proxy[1], dtype=torch.float32) if proxy else None
-    proxy_batch = min(fd.batch_size, len(Xp)) if Xp is not None else 0
+    per_epoch = math.ceil(len(y) / fd.batch_size)
     gen = torch.Generator().manual_seed(seed)
     session = DPSession(model, lr=fd.lr, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-                        expected_batch_size=fd.batch_size + proxy_batch, mode=cfg.privacy.grad_sample_mode,
-                        generator=gen)
-    queue: list[np.ndarray] = []
+                        expected_batch_size=fd.batch_size, mode=cfg.privacy.grad_sample_mode, generator=gen)
+    after_step = None
+    if proxy is not None:
+        Xp = torch.as_tensor(proxy[0], dtype=torch.float32)
+        Tp = torch.as_tensor(proxy[1], dtype=torch.float32)
+        kd_per_dp = max(1, math.ceil(math.ceil(len(Xp) / fd.batch_size) / per_epoch))
+        kd_opt = torch.optim.Adam(model.parameters(), lr=fd.lr)
+        queue: list[np.ndarray] = []
+
+        def after_step(_: int, __: float) -> None:
+            session.module.disable_hooks()  # type: ignore[operator]
+            for _k in range(kd_per_dp):
+                if not queue:
+                    perm = rng.permutation(len(Xp))
+                    queue.extend(perm[s : s + fd.batch_size] for s in range(0, len(Xp), fd.batch_size))
+                j = torch.as_tensor(queue.pop(0))
+                _public_kd_step(model, kd_opt, Xp[j], Tp[j], fd.mu, fd.temperature)
+            session.module.enable_hooks()  # type: ignore[operator]
 
     def loss_fn(idx: np.ndarray) -> torch.Tensor:
         ix = torch.as_tensor(idx)
-        if Xp is None or Tp is None:
-            return torch.nn.functional.cross_entropy(session.module(X[ix]), y[ix], reduction="none")
-        if not queue:
-            queue.extend(_proxy_stream(len(Xp), proxy_batch, rng))
-        j = torch.as_tensor(queue.pop(0))
-        # One forward over private + proxy rows: ghost clipping needs one forward per step.
-        out = session.module(torch.cat([X[ix], Xp[j]]))
-        ce = torch.nn.functional.cross_entropy(out[: len(ix)], y[ix], reduction="none")
-        kd = fd.mu * kd_per_example(out[len(ix) :], Tp[j], fd.temperature)
-        return torch.cat([ce, kd])
+        return torch.nn.functional.cross_entropy(session.module(X[ix]), y[ix], reduction="none")
 
-    batches = poisson_batches(len(y), plan.sample_rate, steps, rng)
-    losses = run_dp_steps(session, batches, loss_fn, ledger, plan.sample_rate)
+    batches = poisson_batches(len(y), plan.sample_rate, epochs * per_epoch, rng)
+    # run_dp_steps calls `progress` after every DP step (empty batches included): the KD steps ride on it.
+    losses = run_dp_steps(session, batches, loss_fn, ledger, plan.sample_rate, progress=after_step)
     session.close()
     return losses, sum(1 for b in batches if len(b) == 0), session.mode
 
@@ -183,14 +197,18 @@ def train_classifier(model: torch.nn.Module, node: DigitsNode, epochs: int, plan
             metrics["train-loss"] = loss
         return RoundOutcome(metrics, "non-private")
     round_steps = epochs * math.ceil(n / fd.batch_size)
-    projected = ledger.epsilon_after(plan.delta, plan.noise_multiplier, plan.sample_rate, round_steps)
-    if round_steps and projected > plan.target_epsilon * (1 + 1e-9):
-        raise PrivacyBudgetExhausted(
-            f"round {server_round} would raise epsilon to {projected:.3f} > budget {plan.target_epsilon} "
-            f"({ledger.steps} steps already taken); refusing")
-    losses, empty, mode = _dp_epochs(model, node, epochs, plan, ledger, proxy, rng, seed) if round_steps \
-        else ([], 0, cfg.privacy.grad_sample_mode)
-    metrics = {"epsilon": ledger.epsilon(plan.delta), "delta": plan.delta, "noise-multiplier": plan.noise_multiplier,
+    if round_steps == 0:
+        losses, empty, mode, eps = [], 0, cfg.privacy.grad_sample_mode, ledger.epsilon(plan.delta)
+    else:
+        # The accountant is the slow part of a round: its answer for the projected history is
+        # also the ε after the round (the ledger then holds exactly that history).
+        eps = ledger.epsilon_after(plan.delta, plan.noise_multiplier, plan.sample_rate, round_steps)
+        if eps > plan.target_epsilon * (1 + 1e-9):
+            raise PrivacyBudgetExhausted(
+                f"round {server_round} would raise epsilon to {eps:.3f} > budget {plan.target_epsilon} "
+                f"({ledger.steps} steps already taken); refusing")
+        losses, empty, mode = _dp_epochs(model, node, epochs, plan, ledger, proxy, rng, seed)
+    metrics = {"epsilon": eps, "delta": plan.delta, "noise-multiplier": plan.noise_multiplier,
                "sample-rate": plan.sample_rate, "steps": ledger.steps, "round-steps": round_steps,
                "empty-batches": empty}
     if losses:

@@ -91,6 +91,13 @@ def remember_tokenizer(msg: Message, context: Context) -> None:
     context.state.config_records["tokenizer"] = ConfigRecord({"json": tok_json})
 
 
+def restore_ledger(msg: Message, context: Context) -> None:
+    """Install the ledger history sent on resume (validated by Ledger.load_state_dict)."""
+    state = dict(require_config(msg.content, "ledger"))
+    Ledger().load_state_dict(state)  # raises on a malformed history before anything is kept
+    context.state.config_records["ledger"] = ConfigRecord(state)
+
+
 def parse_request(msg: Message, context: Context) -> Request:
     """Check every field the client reads: presence, type, range."""
     content = msg.content

@@ -55,13 +55,21 @@ def open_store(db: Optional[str]) -> Any:
 def run(config: Optional[Path] = typer.Option(None, "-c", "--config", help=CONFIG_HELP),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
         db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+        resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_ID",
+                                             help="continue a failed or interrupted run from its last complete round "
+                                                  "(its stored configuration is reused; epsilon continues)"),
         quiet: bool = typer.Option(False, "--quiet", help="do not stream Flower's logs")) -> None:
     """Run a federated experiment in a local Flower simulation and record it in the store."""
     from fedveil.launch import PeakMemory, absolutise, run_simulation
-    try:
-        cfg = load_config(config, set_)
-    except ConfigError as exc:
-        fail(str(exc))
+    if resume:
+        if config is not None or set_:
+            fail("--resume reuses the run's stored configuration; -c/--set are not allowed with it")
+        cfg = _resume_config(resume, db)
+    else:
+        try:
+            cfg = load_config(config, set_)
+        except ConfigError as exc:
+            fail(str(exc))
     url = db or cfg.store.url or db_url(None)
     cfg = absolutise(cfg, url)
     _check_inputs(cfg)
@@ -82,6 +90,24 @@ def run(config: Optional[Path] = typer.Option(None, "-c", "--config", help=CONFI
     _summary(store.get_run(run_id), url, wall, mem.peak_increase_mb)
     if code != 0 or result["run"]["status"] != "completed":
         fail(f"run {run_id} {result['run']['status']}: {result['run'].get('error') or f'flwr exit code {code}'}")
+
+
+def _resume_config(run_id: str, db: Optional[str]) -> Any:
+    """The stored configuration of an unfinished run, marked for resumption."""
+    import dataclasses
+
+    from fedveil.config import from_dict
+    from fedveil.store import RunNotFound
+    store = open_store(db)
+    try:
+        stored = store.get_run(run_id)["run"]
+    except RunNotFound as exc:
+        fail(str(exc))
+    if stored["status"] == "completed":
+        fail(f"run {run_id} is already completed; nothing to resume")
+    cfg = from_dict(stored["config"])
+    console.print(f"resuming run {run_id} after round {stored['last_complete_round']} of {cfg.federation.rounds}")
+    return cfg.replace(run=dataclasses.replace(cfg.run, run_id=run_id, resume=True))
 
 
 def _check_inputs(cfg: Any) -> None:
@@ -166,10 +192,17 @@ def show(run_id: str = typer.Argument(..., help="run id (see `fedveil runs`)"),
 def config_cmd(config: Optional[Path] = typer.Option(None, "-c", "--config", help=CONFIG_HELP),
                set_: list[str] = typer.Option([], "--set", help=SET_HELP),
                reference: bool = typer.Option(False, "--reference", help="print the key reference as Markdown"),
-               flat: bool = typer.Option(False, "--flat", help="print Flower's flat run_config")) -> None:
+               flat: bool = typer.Option(False, "--flat", help="print Flower's flat run_config"),
+               sync_files: bool = typer.Option(False, "--sync-files", help="rewrite configs/default.toml and "
+                                               "pyproject's [tool.flwr.app.config] from the schema defaults")) -> None:
     """Validate and print the resolved configuration."""
     if reference:
         print(reference_markdown())
+        return
+    if sync_files:
+        from fedveil.launch import sync_default_files
+        for path in sync_default_files():
+            console.print(f"wrote {path}")
         return
     try:
         cfg = load_config(config, set_)

@@ -186,6 +186,7 @@ class RunSection:
     seed: int = _opt(0, "master seed", lo=0)
     run_dir: str = _opt("runs", "where run artefacts (tokenizer, keys, checkpoints) go")
     run_id: str = _opt("", "run id; empty generates one (set by `fedveil run`)")
+    resume: bool = _opt(False, "continue run_id from its last complete round (set by `fedveil run --resume`)")
 
 
 @dataclass(frozen=True)

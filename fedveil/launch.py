@@ -126,6 +126,55 @@ def stop_superlink(flwr_home: Path, grace: float = 5.0) -> int:
     return len(pids)
 
 
+def sync_default_files() -> list[Path]:
+    """Regenerate the two TOML copies of the defaults (tests check they agree with the schema)."""
+    from fedveil.config import to_dict
+    default = PROJECT_DIR / "configs" / "default.toml"
+    text = default.read_text()
+    default.write_text(text[: text.index("[run]")] + tomli_w.dumps(to_dict(Config())))
+    pyproject = PROJECT_DIR / "pyproject.toml"
+    text = pyproject.read_text()
+    tables = tomli_w.dumps({"tool": {"flwr": {"app": {"config": to_flower_tables(Config())}}}})
+    pyproject.write_text(text[: text.index("[tool.flwr.app.config.run]")] + tables)
+    return [default, pyproject]
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_local_superlink(flwr_home: Path, env: dict[str, str], timeout: float = 180.0) -> None:
+    """Start the simulation SuperLink ``flwr run`` would start, but wait for it patiently.
+
+    ``flwr run`` gives its managed SuperLink 15 s to come up, which a busy 2-core machine
+    can exceed; once one answers on the configured port, ``flwr run`` uses it as it is.
+    """
+    import urllib.request
+    state = flwr_home / "local-superlink"
+    state.mkdir(parents=True, exist_ok=True)
+    port, control = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"], env["FLWR_LOCAL_CONTROL_API_PORT"]
+    cmd = [str(Path(sys.executable).with_name("flower-superlink")), "--insecure", "--simulation", "--isolation",
+           "subprocess", "--control-api-address", f"127.0.0.1:{control}", "--host", "127.0.0.1", "--port", port,
+           "--database", str(state / "state.db"), "--log-file", str(state / "superlink.log")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {proc.returncode}; see {state / 'superlink.log'}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the local SuperLink did not answer within {timeout:.0f}s; see {state / 'superlink.log'}")
+
+
 def run_simulation(cfg: Config, *, flwr_home: Path, stream: bool = True, timeout: float | None = None) -> int:
     """Run the experiment via ``flwr run`` with a local simulation; returns flwr's exit code.
 
@@ -145,10 +194,16 @@ def run_simulation(cfg: Config, *, flwr_home: Path, stream: bool = True, timeout
     # --stream also makes `flwr run` wait for the run to finish; without it, it returns at once.
     cmd = [flwr, "run", str(PROJECT_DIR), "-c", str(override), "--federation-config", fed, "--stream"]
     log_path = Path(cfg.run.run_dir) / f"{cfg.run.run_id}.log"
+    env = flwr_env(flwr_home)
+    # Flower's managed local SuperLink listens on fixed default ports; two runs at once (or
+    # another project's) would share one SuperLink. Give each launch its own ports.
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
     try:
+        start_local_superlink(flwr_home, env)
         with open(log_path, "w") as log:
             out = None if stream else log
-            proc = subprocess.run(cmd, env=flwr_env(flwr_home), cwd=str(PROJECT_DIR), timeout=timeout,
+            proc = subprocess.run(cmd, env=env, cwd=str(PROJECT_DIR), timeout=timeout,
                                   check=False, stdout=out, stderr=out)
         return proc.returncode
     finally:

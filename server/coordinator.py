@@ -24,8 +24,9 @@ from distill.models import build_lm
 from distill.tokenizer import save_tokenizer, tokenizer_to_json, train_tokenizer
 from fedveil.config import Config, from_run_config, to_dict
 from fedveil.store import Store, default_db_url
+from server.audits import run_audits
 from server.statement import privacy_statement
-from server.strategies.fedavg import PrivateFedAvg
+from server.strategies.fedavg import PrivateFedAvg, load_arrays
 
 log = logging.getLogger("fedveil.server")
 
@@ -60,6 +61,22 @@ def greet(grid: Grid, nodes: list[int], timeout: float, tokenizer_json: str) -> 
     return info
 
 
+def restore_ledgers(grid: Grid, store: Store, run_id: str, node_to_client: dict[int, int], timeout: float) -> None:
+    """On resume, hand each node its accountant history from the store so ε continues, never resets."""
+    ledger = store.latest_ledger(run_id)
+    msgs = []
+    for node, client in node_to_client.items():
+        row = ledger.get(client)
+        state = {"accountant": str(row["accountant"]), "sigma": [float(row["noise_multiplier"])],
+                 "q": [float(row["sample_rate"])], "steps": [int(row["steps"])]} if row else \
+            {"accountant": "prv", "sigma": [], "q": [], "steps": []}
+        msgs.append(Message(RecordDict({"ledger": ConfigRecord(state)}), dst_node_id=node,  # type: ignore[arg-type]
+                            message_type="query.restore"))
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} could not restore its ledger: {reply.error.reason}")
+
+
 def run_federation(grid: Grid, run_config: dict[str, Any]) -> str:
     """Run one experiment end to end; returns the run id."""
     cfg = from_run_config(run_config)
@@ -67,9 +84,14 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> str:
     cfg = cfg.replace(run=dataclasses.replace(cfg.run, run_id=run_id))
     run_dir = (Path(cfg.run.run_dir) / run_id).resolve()
     store = Store(resolve_url(cfg))
-    store.create_run(to_dict(cfg), run_id=run_id, name=cfg.run.name, method=cfg.train.method,
-                     task=cfg.data.task, he_enabled=cfg.he.enabled, num_clients=cfg.federation.clients,
-                     num_rounds=cfg.federation.rounds, seed=cfg.run.seed, run_dir=str(run_dir))
+    if cfg.run.resume:
+        previous = store.get_run(run_id)["run"]  # RunNotFound names the id
+        if previous["status"] == "completed":
+            raise ValueError(f"run {run_id} is already completed; nothing to resume")
+    else:
+        store.create_run(to_dict(cfg), run_id=run_id, name=cfg.run.name, method=cfg.train.method,
+                         task=cfg.data.task, he_enabled=cfg.he.enabled, num_clients=cfg.federation.clients,
+                         num_rounds=cfg.federation.rounds, seed=cfg.run.seed, run_dir=str(run_dir))
     t0 = time.perf_counter()
     try:
         store.mark_running(run_id)
@@ -95,6 +117,11 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     store.add_artifact(run_id, "tokenizer", str(tok_dir / "tokenizer.json"))
     model = build_lm(cfg.model.student, len(tokenizer), seed=cfg.run.seed)
     initial = ArrayRecord(model.state_dict())
+    checkpoint = run_dir / "checkpoint.npz"
+    done = 0
+    if cfg.run.resume and checkpoint.exists():
+        initial, done = load_arrays(checkpoint)
+        log.info("resuming run %s after round %d", run_id, done)
 
     nodes = wait_for_nodes(grid, fed.min_clients, fed.round_timeout)
     tok_json = tokenizer_to_json(tokenizer)
@@ -103,18 +130,21 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     for node, h in hello.items():
         store.register_client(run_id, int(h["partition-id"]), node_id=str(node), num_examples=int(h["num-examples"]))
     total_examples = sum(int(h["num-examples"]) for h in hello.values())
+    if done:
+        restore_ledgers(grid, store, run_id, node_to_client, fed.round_timeout)
 
     common: dict[str, Any] = {"tokenizer-sha256": hashlib.sha256(tok_json.encode()).hexdigest(), "he-scale": float(max(total_examples, 1))}
     kwargs = dict(store=store, run_id=run_id, node_to_client=node_to_client, min_clients=fed.min_clients,
                   max_payload_bytes=int(fed.max_payload_mb * 2**20), max_grad_norm=cfg.privacy.max_grad_norm,
-                  fraction_train=fed.fraction_train)
+                  fraction_train=fed.fraction_train, round_offset=done, checkpoint=checkpoint)
     strategy: PrivateFedAvg
     if cfg.he.enabled:
         from server.strategies.he_fedavg import HEFedAvg
-        strategy = HEFedAvg(cfg=cfg, run_dir=run_dir, **kwargs)  # type: ignore[arg-type]
+        template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        strategy = HEFedAvg(cfg=cfg, run_dir=run_dir, template=template, **kwargs)  # type: ignore[arg-type]
     else:
         strategy = PrivateFedAvg(**kwargs)  # type: ignore[arg-type]
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds, timeout=fed.round_timeout,
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds - done, timeout=fed.round_timeout,
                             train_config=ConfigRecord(common), evaluate_config=ConfigRecord(common))
     final = result.arrays
     if final is not None and cfg.he.enabled:  # under HE the server holds only ciphertext: keep that
@@ -127,3 +157,4 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
         ckpt = save_checkpoint(model, run_dir / "global", meta={"run_id": run_id, "rounds": fed.rounds})
         store.add_artifact(run_id, "global-student", str(ckpt / "model.safetensors"))
     store.set_privacy_statement(run_id, privacy_statement(cfg, store.latest_ledger(run_id)))
+    run_audits(grid, cfg, store, run_id, run_dir, tokenizer, final, node_to_client)

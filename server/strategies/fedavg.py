@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,31 @@ from server.validation import ArraySpec, RejectedReply, check_metrics, check_pla
 
 log = logging.getLogger("fedveil.server")
 CLIENT_METRICS = ("train-loss", "epsilon", "seconds", "num-examples", "steps", "on-policy-steps", "empty-batches")
+
+
+def _renumber(messages: Iterable[Message], offset: int) -> list[Message]:
+    """After a resume, Flower's round k is the run's round k + offset."""
+    out = list(messages)
+    if offset:
+        for msg in out:
+            conf = msg.content.config_records["config"]
+            conf["server-round"] = int(conf["server-round"]) + offset  # type: ignore[call-overload]
+    return out
+
+
+def save_arrays(arrays: ArrayRecord, path: Path, server_round: int) -> None:
+    """Atomically write the global state (plaintext weights or ciphertext bytes) after a round."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **{f"a:{k}": v.numpy() for k, v in arrays.items()}, __round__=np.array([server_round]))
+    os.replace(tmp, path)
+
+
+def load_arrays(path: Path) -> tuple[ArrayRecord, int]:
+    """The checkpoint written by :func:`save_arrays` and the round it closed."""
+    with np.load(path) as data:
+        arrays = {k[2:]: Array(np.array(data[k])) for k in data.files if k.startswith("a:")}
+        return ArrayRecord(arrays), int(data["__round__"][0])
 
 
 class RoundFailed(RuntimeError):
@@ -60,7 +87,9 @@ class PrivateFedAvg(FedAvg):
 
     def __init__(self, *, store: Store, run_id: str, node_to_client: dict[int, int], min_clients: int,
                  max_payload_bytes: int, max_grad_norm: float, fraction_train: float = 1.0,
-                 fraction_evaluate: float = 1.0) -> None:
+                 fraction_evaluate: float | None = None, round_offset: int = 0,
+                 checkpoint: Path | None = None) -> None:
+        fraction_evaluate = fraction_train if fraction_evaluate is None else fraction_evaluate
         super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
                          min_train_nodes=min_clients, min_evaluate_nodes=min_clients,
                          min_available_nodes=min_clients)
@@ -69,6 +98,9 @@ class PrivateFedAvg(FedAvg):
         self.min_clients = min_clients
         self.max_payload_bytes = max_payload_bytes
         self.max_grad_norm = max_grad_norm
+        self.round_offset = round_offset  # rounds already completed before a resume
+        self.checkpoint = checkpoint
+        self._latest: ArrayRecord | None = None
         self.spec: ArraySpec | None = None
         self.round: RoundLog | None = None
         self.history: list[dict[str, float]] = []
@@ -107,10 +139,14 @@ class PrivateFedAvg(FedAvg):
         self.round = RoundLog(started_at=datetime.now(timezone.utc), t0=time.perf_counter())
         if self.spec is None:
             self.spec = ArraySpec.of(arrays)
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        messages = _renumber(super().configure_train(server_round, arrays, config, grid), self.round_offset)
         self.round.sampled = len(messages)
         self._sampled_nodes = {m.metadata.dst_node_id for m in messages}
         return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return _renumber(super().configure_evaluate(server_round, arrays, config, grid), self.round_offset)
 
     def validate_update(self, msg: Message) -> Any:
         """Return the usable update of one reply or raise RejectedReply."""
@@ -125,6 +161,7 @@ class PrivateFedAvg(FedAvg):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self.round is not None
+        server_round += self.round_offset
         replies = list(replies)
         seen = {m.metadata.src_node_id for m in replies}
         for node in sorted(self._sampled_nodes - seen):
@@ -151,6 +188,7 @@ class PrivateFedAvg(FedAvg):
         loss = [float(m.get("train-loss", float("nan"))) for _, _, m in accepted]
         agg = MetricRecord({"train-loss": float(np.average(loss, weights=n)), "clients": len(accepted)})
         self.round.metrics.append(MetricRow("train-loss", float(agg["train-loss"]), server_round))
+        self._latest = arrays
         return arrays, agg
 
     def _record_client(self, server_round: int, msg: Message, m: MetricRecord) -> None:
@@ -170,6 +208,7 @@ class PrivateFedAvg(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Exact global perplexity: exp(Σ NLL / Σ tokens) over the clients' held-out shards."""
+        server_round += self.round_offset
         nll, tokens = 0.0, 0
         assert self.round is not None
         for msg in replies:
@@ -198,6 +237,9 @@ class PrivateFedAvg(FedAvg):
     def _flush(self, server_round: int, status: str) -> None:
         assert self.round is not None
         r = self.round
+        if status == "completed" and self.checkpoint is not None and self._latest is not None:
+            # Written before the round row, so last_complete_round never points past the checkpoint.
+            save_arrays(self._latest, self.checkpoint, server_round)
         self.store.record_round(
             self.run_id, server_round, status=status, started_at=r.started_at,
             finished_at=datetime.now(timezone.utc), num_sampled=r.sampled, num_replied=r.replied,

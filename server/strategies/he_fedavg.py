@@ -34,10 +34,11 @@ class HEFedAvg(PrivateFedAvg):
     Parameters
     ----------
     cfg : the run configuration (``he.*``).
-    run_dir : unused by the server's key handling; kept for symmetry with checkpoints.
+    run_dir : the run's directory (checkpoints).
+    template : the student's parameters (shapes and dtypes only matter).
     """
 
-    def __init__(self, *, cfg: Config, run_dir: Path, **kwargs: Any) -> None:
+    def __init__(self, *, cfg: Config, run_dir: Path, template: dict[str, np.ndarray], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not cfg.he.key_dir:
             raise FileNotFoundError("he.enabled is true but he.key_dir is empty: create keys with "
@@ -46,12 +47,10 @@ class HEFedAvg(PrivateFedAvg):
         self.value_scale = cfg.he.value_scale
         self.verify = cfg.he.verify_every > 0
         self.public_ctx = load_public_context(Path(cfg.he.key_dir) / "public.ctx")
-        self.expected_specs: tuple[Any, ...] | None = None
+        # What every client's payload must look like, from the student's (public) parameter shapes.
+        self.expected_specs = specs_of(payload_arrays(template, self.value_scale, self.verify))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any) -> Iterable[Message]:
-        if self.expected_specs is None:  # round 1: arrays are the (public, random) initial model
-            plain = {k: v.numpy() for k, v in arrays.items()}
-            self.expected_specs = specs_of(payload_arrays(plain, self.value_scale, self.verify))
         messages = super().configure_train(server_round, arrays, config, grid)
         self.spec = None  # plaintext shape checks do not apply to ciphertext replies
         return messages
@@ -92,6 +91,7 @@ class HEFedAvg(PrivateFedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Also record the HE error the clients measured when decrypting this round's aggregate."""
         replies = list(replies)
+        this_round = server_round + self.round_offset
         errors = [float(r.content.metric_records["metrics"]["he-verify-error"]) for r in replies  # type: ignore[arg-type]
                   if not r.has_error() and "metrics" in r.content.metric_records
                   and "he-verify-error" in r.content.metric_records["metrics"]]
@@ -102,7 +102,7 @@ class HEFedAvg(PrivateFedAvg):
         if row is not None and self.round is not None:
             self.round.he.append(HERow(
                 profile=row.profile, bytes_sent=row.bytes_sent, client_index=None,
-                aggregate_seconds=row.aggregate_seconds, server_round=server_round,
+                aggregate_seconds=row.aggregate_seconds, server_round=this_round,
                 decrypt_seconds=float(np.mean(decrypt)) if decrypt else None,
                 max_abs_error=max(errors) if errors else None))
             self._pending_server_row = None

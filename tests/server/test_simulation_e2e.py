@@ -3,55 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from opacus.accountants import PRVAccountant
 
 from fedveil.store import Store
-
-FEDVEIL = str(Path(sys.executable).with_name("fedveil"))
-SMALL = """
-[run]
-name = "e2e"
-[federation]
-clients = 2
-rounds = 2
-[data]
-records_per_client = 24
-public_records = 200
-heldout_records = 8
-max_length = 48
-vocab_size = 400
-[train]
-method = "dp-opd"
-local_steps = 2
-batch_size = 8
-teacher_steps = 3
-[distill]
-gen_length = 6
-prompt_length = 8
-[audit]
-enabled = false
-"""
-
-
-def _cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
-    return subprocess.run([FEDVEIL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    work = tmp_path_factory.mktemp("e2e")
-    (work / "small.toml").write_text(SMALL)
-    db = f"sqlite:///{work / 'store.db'}"
-    proc = _cli("run", "-c", "small.toml", "--db", db, "--quiet", cwd=work)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work, db, proc.stdout
+from tests.server.simtools import _cli
 
 
 @pytest.mark.slow

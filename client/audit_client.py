@@ -1,0 +1,205 @@
+"""Client side of the end-of-run audits: the ``query.audit`` handler (ALGORITHMS.md §8).
+
+The server sends the final global weights (plaintext, or the CKKS aggregate the client decrypts)
+and the audit kinds. The client gathers the models it has — its teacher, its last local student,
+the global student — trains the two comparison models of the audit (a same-size student fine-tuned
+with plain cross-entropy on the same records for as many steps as its DP training took, and a
+reference model for the MIA), saves its teacher and student for on-demand audits, and replies with
+numbers only (:mod:`client.audit_measures`): no record, no canary text, no secret.
+
+Reference model of the reference-difference MIA score: a same-size student trained with plain
+cross-entropy on the public corpus for the same number of steps (at least ``REFERENCE_MIN_STEPS``).
+It knows the language of the records but none of them, so ``log p_M(x) − log p_ref(x)`` removes
+how easy a record is in general and keeps what training on it added. A fresh untrained model
+would only subtract a per-token constant; the public one costs a few seconds on this model size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from client import he_client, runtime
+from client.audit_measures import ALL_KINDS, AuditData, audit_client_models, client_canaries
+from client.dp import Ledger, default_delta
+from client.protocol import ProtocolError, require_config
+from client.textdata import canary_plan, heldout_shard, public_corpus, tokenise, with_canaries
+from client.trainers import train_teacher
+from distill.models import build_lm, save_checkpoint
+from fedveil.config import Config
+from privacy.audit.plan import reference_candidates, training_encode
+
+__all__ = [
+    "FINETUNE_MAX_STEPS",
+    "REFERENCE_MIN_STEPS",
+    "client_checkpoint_dir",
+    "dp_steps_taken",
+    "finetune_baseline",
+    "handle_audit",
+    "parse_kinds",
+    "public_reference_model",
+]
+
+log = logging.getLogger("fedveil.client")
+FINETUNE_MAX_STEPS = 200
+REFERENCE_MIN_STEPS = 32
+
+
+def parse_kinds(value: object) -> tuple[str, ...]:
+    """Audit kinds from a comma-separated string; unknown kinds are a ProtocolError."""
+    if not isinstance(value, str):
+        raise ProtocolError("config field 'kinds' must be a comma-separated string")
+    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+    bad = [k for k in kinds if k not in ALL_KINDS]
+    if bad:
+        raise ProtocolError(f"unknown audit kinds {bad}; allowed: {', '.join(ALL_KINDS)}")
+    return kinds
+
+
+def client_checkpoint_dir(cfg: Config, partition_id: int) -> Path:
+    """``<run_dir>/<run_id>/clients/<partition-id>``: where a client keeps its models for on-demand audits."""
+    return Path(cfg.run.run_dir) / cfg.run.run_id / "clients" / str(partition_id)
+
+
+def dp_steps_taken(cfg: Config, ledger_state: dict[str, Any] | None) -> int:
+    """Local training steps of the run: from the DP ledger, else (no DP) the planned total."""
+    if ledger_state:
+        ledger = Ledger(cfg.privacy.accountant)
+        ledger.load_state_dict(ledger_state)
+        if ledger.steps > 0:
+            return ledger.steps
+    return cfg.federation.rounds * cfg.train.local_steps
+
+
+def _train_plain(cfg: Config, tokenizer: Any, texts: list[str], steps: int, seed: int,
+                 device: torch.device) -> torch.nn.Module:
+    model = build_lm(cfg.model.student, len(tokenizer), seed=cfg.run.seed)
+    data = tokenise(tokenizer, texts, max_length=cfg.data.max_length, prompt_length=cfg.distill.prompt_length,
+                    with_privacy=False)
+    train_teacher(model, data, steps=steps, lr=cfg.train.lr, batch_size=cfg.train.batch_size,
+                  rng=np.random.default_rng(seed), device=device)
+    return model.eval()
+
+
+def finetune_baseline(cfg: Config, tokenizer: Any, train_texts: list[str], steps: int, partition_id: int,
+                      device: torch.device) -> torch.nn.Module:
+    """Same-size student, same initial weights as the global one, fine-tuned with plain (non-private)
+    cross-entropy on the client's training records (canaries included) for ``steps`` steps (capped
+    at ``FINETUNE_MAX_STEPS``): the comparison run of the memorisation audit (ALGORITHMS.md §8)."""
+    steps = max(1, min(steps, FINETUNE_MAX_STEPS))
+    return _train_plain(cfg, tokenizer, train_texts, steps, cfg.run.seed * 1000 + 500 + partition_id, device)
+
+
+def public_reference_model(cfg: Config, tokenizer: Any, steps: int, device: torch.device) -> torch.nn.Module:
+    """The MIA reference model: a same-size student trained on the public corpus (module docstring)."""
+    steps = max(REFERENCE_MIN_STEPS, min(steps, FINETUNE_MAX_STEPS))
+    texts = list(public_corpus(cfg.run.seed, cfg.data.public_records))
+    return _train_plain(cfg, tokenizer, texts, steps, cfg.run.seed * 1000 + 900, device)
+
+
+def _models(node: runtime.NodeState, context: Context, request: runtime.Request) -> dict[str, torch.nn.Module]:
+    """The client's teacher (if its method used one), last local student and the global student."""
+    cfg, vocab = node.cfg, len(request.tokenizer)
+    models: dict[str, torch.nn.Module] = {}
+    state = context.state.array_records
+    if "teacher" in state:
+        teacher = build_lm(cfg.model.teacher, vocab, seed=cfg.run.seed + 1 + node.partition_id)
+        teacher.load_state_dict(state["teacher"].to_torch_state_dict())
+        models["teacher"] = teacher
+    if "student" in state:
+        student = build_lm(cfg.model.student, vocab, seed=cfg.run.seed)
+        student.load_state_dict(state["student"].to_torch_state_dict())
+        models["student"] = student
+    glob = build_lm(cfg.model.student, vocab, seed=cfg.run.seed)
+    glob.load_state_dict(he_client.global_state(node, request, glob), strict=True)
+    models["global"] = glob
+    return {name: m.to(node.device).eval() for name, m in models.items()}
+
+
+def _save(cfg: Config, partition_id: int, models: dict[str, torch.nn.Module]) -> list[str]:
+    """Keep teacher and local student on the node's disk for ``fedveil audit``; never fails the audit."""
+    saved: list[str] = []
+    for name in ("teacher", "student"):
+        if name in models:
+            try:
+                save_checkpoint(models[name], client_checkpoint_dir(cfg, partition_id) / name,  # type: ignore[arg-type]
+                                meta={"run_id": cfg.run.run_id, "partition_id": partition_id, "model": name})
+                saved.append(name)
+            except OSError as exc:
+                log.warning("client %d: could not save its %s checkpoint: %s", partition_id, name, exc)
+    return saved
+
+
+def audit_node(node: runtime.NodeState, context: Context, request: runtime.Request,
+               kinds: tuple[str, ...]) -> dict[str, Any]:
+    """All audits of one node: gather models, train the comparison models, measure (numbers only)."""
+    cfg, tokenizer, pid = node.cfg, request.tokenizer, node.partition_id
+    t0 = time.perf_counter()
+    seed = cfg.run.seed * 7 + pid
+    torch.manual_seed(seed)
+    models = _models(node, context, request)
+    saved = _save(cfg, pid, models)
+    encode = training_encode(tokenizer)
+    plan = canary_plan(cfg, tokenizer)
+    own = node.texts()
+    ledger = dict(context.state.config_records["ledger"]) if "ledger" in context.state.config_records else None
+    steps = dp_steps_taken(cfg, ledger)  # type: ignore[arg-type]
+    n_train = len(own) + sum(c.repetitions for c in plan if c.inserted and c.client_index == pid)
+    data = AuditData(encode=encode, members=own, nonmembers=heldout_shard(cfg, pid), max_length=cfg.data.max_length,
+                     canaries=client_canaries(plan, pid), references=reference_candidates(cfg, encode, plan),
+                     delta=cfg.privacy.delta or default_delta(n_train))
+    reference = None
+    if {"mia", "epsilon"} & set(kinds):
+        reference = public_reference_model(cfg, tokenizer, steps, node.device)
+    if {"memorisation", "exposure", "mia", "epsilon"} & set(kinds):
+        models["finetuned"] = finetune_baseline(cfg, tokenizer, with_canaries(cfg, pid, own, tokenizer), steps, pid,
+                                                node.device)
+    t1 = time.perf_counter()
+    result = audit_client_models(models, data, kinds, reference_model=reference)
+    result["meta"] = {"partition_id": pid, "models": sorted(models), "kinds": list(kinds), "dp_steps": steps,
+                      "finetune_steps": max(1, min(steps, FINETUNE_MAX_STEPS)), "n_members": len(own),
+                      "n_nonmembers": len(data.nonmembers), "delta": data.delta, "saved_checkpoints": saved,
+                      "reference_model": "student preset trained on the public corpus", "device": str(node.device),
+                      "train_seconds": t1 - t0, "audit_seconds": time.perf_counter() - t1}
+    return result
+
+
+def handle_audit(msg: Message, context: Context) -> Message:
+    """``query.audit``: audit this node's models and reply with ConfigRecord ``audit`` (JSON strings).
+
+    The request carries ``arrays`` (final global weights, plaintext or CKKS) and ``config`` with
+    ``server-round``, ``tokenizer-sha256`` and ``kinds``; it is validated like a training request.
+    """
+    node = runtime.NodeState.from_context(context)
+    request = runtime.parse_request(msg, context)
+    kinds = parse_kinds(require_config(msg.content, "config").get("kinds", ",".join(ALL_KINDS)))
+    result = audit_node(node, context, request, kinds)
+    record = ConfigRecord({key: json.dumps(value, allow_nan=False, default=_json_default)
+                           for key, value in _finite_json(result).items()})
+    return Message(RecordDict({"audit": record}), reply_to=msg)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, np.floating):
+        return _finite_json(float(value))
+    raise TypeError(f"audit result holds a {type(value).__name__}, which is not JSON")
+
+
+def _finite_json(value: Any) -> Any:
+    """Replace NaN / inf by None (JSON has no such numbers) all the way down."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value

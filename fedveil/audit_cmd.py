@@ -1,0 +1,141 @@
+"""``fedveil audit RUN_ID``: re-run the audits of a stored run from its checkpoints (ALGORITHMS.md §8).
+
+The end-of-run audits happen inside ``fedveil run``; this command repeats them on demand, in this
+process, from what the run left on disk: ``<run_dir>/tokenizer``, ``<run_dir>/global`` (absent
+under HE, where the server never holds plaintext weights) and each client's
+``<run_dir>/clients/<partition-id>/{teacher,student}``. The records of each client are derived again
+from the stored configuration, which reproduces a simulated run's data exactly; a client whose record
+count differs from what it reported (a deployment node with its own data file) is audited for
+exposure only. Results are added to the store next to the earlier ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["audit_command", "audit_run"]
+
+
+def _load_models(run_dir: Path, partition_id: int, device: Any) -> dict[str, Any]:
+    from distill.models import load_checkpoint
+    models: dict[str, Any] = {}
+    client_dir = run_dir / "clients" / str(partition_id)
+    for name in ("teacher", "student"):
+        if (client_dir / name / "config.json").is_file():
+            models[name] = load_checkpoint(client_dir / name, device).eval()
+    if (run_dir / "global" / "config.json").is_file():
+        models["global"] = load_checkpoint(run_dir / "global", device).eval()
+    return models
+
+
+def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: str, *, progress: bool = True) -> None:
+    """Audit every client of a stored run again and store the results.
+
+    Parameters
+    ----------
+    run_id
+        The run (see ``fedveil runs``).
+    kinds
+        Subset of ``exposure``, ``memorisation``, ``mia``, ``epsilon``; empty or None = all.
+    db_url
+        SQLAlchemy URL of the store.
+    progress
+        Show progress bars (clients, candidate scoring).
+
+    Raises
+    ------
+    ValueError
+        Unknown kind, or a run that is not a language-model run / has no checkpoints on disk.
+    fedveil.store.RunNotFound
+        Unknown run id.
+    """
+    from rich.progress import Progress
+
+    from client.audit_client import finetune_baseline, public_reference_model
+    from client.audit_measures import ALL_KINDS, AuditData, audit_client_models, client_canaries
+    from client.dp import default_delta
+    from client.textdata import client_texts, heldout_shard
+    from distill.models import pick_device
+    from distill.tokenizer import load_tokenizer
+    from fedveil.config import from_dict
+    from fedveil.store import Store
+    from privacy.audit.plan import insert_planned, reference_candidates, run_canary_plan, training_encode
+    from server.audits import store_canaries, store_client_audit
+
+    chosen = tuple(kinds) if kinds else ALL_KINDS
+    bad = [k for k in chosen if k not in ALL_KINDS]
+    if bad:
+        raise ValueError(f"unknown audit kind(s) {bad}; allowed: {', '.join(ALL_KINDS)}")
+    with Store(db_url) as store:
+        run = store.get_run(run_id)
+        cfg = from_dict(run["run"]["config"])
+        if cfg.data.task == "digits":
+            raise ValueError(f"run {run_id} is a digits (classifier) run; audits apply to language-model runs")
+        run_dir = Path(run["run"]["run_dir"] or Path(cfg.run.run_dir) / run_id)
+        if not (run_dir / "tokenizer").is_dir():
+            raise ValueError(f"run {run_id}: no tokenizer under {run_dir} (run directory moved or deleted?)")
+        tokenizer = load_tokenizer(run_dir / "tokenizer")
+        encode = training_encode(tokenizer)
+        # The plan of the configuration the run TRAINED with: only those canaries were inserted.
+        plan = run_canary_plan(cfg, encode)
+        store_canaries(store, run_id, plan)
+        references = reference_candidates(cfg, encode, plan)
+        ledger = store.latest_ledger(run_id)
+        device = pick_device(cfg.model.device)
+        clients = sorted(c["client_index"] for c in run["clients"]) or list(range(cfg.federation.clients))
+        with Progress(disable=not progress) as bar:
+            task = bar.add_task(f"auditing run {run_id}", total=len(clients))
+            for pid in clients:
+                models = _load_models(run_dir, pid, device)
+                if not models:
+                    bar.console.print(f"client {pid}: no checkpoint on disk, skipped")
+                    bar.advance(task)
+                    continue
+                own = client_texts(cfg, pid)
+                reported = next((c["num_examples"] for c in run["clients"] if c["client_index"] == pid), len(own))
+                client_kinds = chosen if reported == len(own) else tuple(k for k in chosen if k == "exposure")
+                if client_kinds != chosen:
+                    bar.console.print(f"client {pid}: its records are not reproducible from the config; "
+                                      "exposure only")
+                entry = ledger.get(pid)
+                steps = int(entry["steps"]) if entry else cfg.federation.rounds * cfg.train.local_steps
+                train_texts = insert_planned(cfg, pid, own, plan)
+                if {"memorisation", "exposure", "mia", "epsilon"} & set(client_kinds):
+                    models["finetuned"] = finetune_baseline(cfg, tokenizer, train_texts, steps, pid, device)
+                reference = (public_reference_model(cfg, tokenizer, steps, device)
+                             if {"mia", "epsilon"} & set(client_kinds) else None)
+                data = AuditData(encode=encode, members=own, nonmembers=heldout_shard(cfg, pid),
+                                 max_length=cfg.data.max_length, canaries=client_canaries(plan, pid),
+                                 references=references,
+                                 delta=float(entry["delta"]) if entry else cfg.privacy.delta or default_delta(
+                                     len(train_texts)))
+                result = audit_client_models(models, data, client_kinds, reference_model=reference,
+                                             progress=progress)
+                result["meta"] = {"partition_id": pid, "models": sorted(models), "kinds": list(client_kinds),
+                                  "dp_steps": steps, "on_demand": True,
+                                  "reference_model": "student preset trained on the public corpus"}
+                store_client_audit(store, run_id, cfg, pid, result, ledger)
+                bar.advance(task)
+
+
+def audit_command(
+    run_id: Annotated[str, typer.Argument(help="run id (see `fedveil runs`)")],
+    kind: Annotated[list[str] | None, typer.Option(
+        "--kind", help="exposure, memorisation, mia or epsilon (repeatable; default all)")] = None,
+    db: Annotated[str | None, typer.Option(
+        "--db", help="SQLAlchemy URL of the store (default: $FEDVEIL_DB or sqlite:///runs/fedveil.db)")] = None,
+) -> None:
+    """Re-run leakage audits of a stored run from its checkpoints and store the results."""
+    from rich.console import Console
+
+    from fedveil.store import RunNotFound, StoreError, default_db_url
+    err = Console(stderr=True)
+    try:
+        audit_run(run_id, kind, db or default_db_url())
+    except (ValueError, RunNotFound, StoreError, FileNotFoundError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    Console().print(f"audits of run {run_id} stored; see `fedveil show {run_id} --format json`")

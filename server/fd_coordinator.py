@@ -1,0 +1,143 @@
+"""The server's run for ``data.task = "digits"``: soft-label federated distillation (ALGORITHMS.md §6).
+
+Provisions CKKS keys when HE is on (the server keeps only the public context), greets the
+nodes, runs :class:`server.strategies.fd.SoftLabelFD` for ``federation.rounds`` rounds and
+stores the run's privacy statement, which says what the clients' ε covers in this task.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from distill.classifier import make_classifier
+from distill.digits import load_digits_task
+from fedveil.config import Config
+from fedveil.store import Store
+from server.coordinator import wait_for_nodes
+from server.strategies.fd import SoftLabelFD
+
+log = logging.getLogger("fedveil.server")
+
+
+def provision_keys(cfg: Config, run_dir: Path) -> Path:
+    """The key directory: ``he.key_dir`` if set, else ``<run_dir>/keys``, created when missing (§1, §7)."""
+    from privacy.he.keys import write_keys
+    key_dir = Path(cfg.he.key_dir) if cfg.he.key_dir else run_dir / "keys"
+    if not (key_dir / "public.ctx").exists():
+        write_keys(key_dir, cfg.he.profile)
+        log.info("CKKS keys (%s profile) written to %s", cfg.he.profile, key_dir)
+    return key_dir
+
+
+def greet_digits(grid: Grid, nodes: list[int], timeout: float) -> dict[int, dict[str, Any]]:
+    """Ask every node for its partition id and record count (``query.hello``)."""
+    msgs = [Message(RecordDict({"config": ConfigRecord({"task": "digits"})}), dst_node_id=n,
+                    message_type="query.hello") for n in nodes]
+    info: dict[int, dict[str, Any]] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error() or "hello" not in reply.content.config_records:
+            log.warning("node %s did not answer hello: %s", reply.metadata.src_node_id,
+                        reply.error.reason if reply.has_error() else "no 'hello' record")
+            continue
+        info[reply.metadata.src_node_id] = dict(reply.content.config_records["hello"])
+    return info
+
+
+def digits_privacy_statement(cfg: Config, ledger: Mapping[int, Mapping[str, Any]]) -> str:
+    """The run's statement (ALGORITHMS.md §2, ours): mechanism, per-client ε, and what ε covers in FD."""
+    p, fd, mode = cfg.privacy, cfg.fd, cfg.fd.mode
+    lines: list[str] = []
+    if p.enabled:
+        lines.append(f"Mechanism: DP-SGD on each client's MLP classifier (Opacus, per-example clipping C = "
+                     f"{p.max_grad_norm}, Gaussian noise, Poisson sampling, expected batch {fd.batch_size}), "
+                     f"{p.accountant.upper()} accountant, target epsilon = {p.target_epsilon} for the whole run "
+                     f"({fd.warmup_epochs} warm-up epochs + {cfg.federation.rounds - 1} rounds x {fd.local_epochs} "
+                     "local epochs, ceil(n/B) steps per epoch, sigma fixed before round 1).")
+        lines.append("Unit protected: one private record of one client, against everyone who sees what that "
+                     "client shares (the server, the other clients).")
+        for client in sorted(ledger):
+            e = ledger[client]
+            lines.append(f"Client {client}: epsilon = {e['epsilon']:.3f} at delta = {e['delta']:.1e} "
+                         f"(sigma = {e['noise_multiplier']:.4f}, q = {e['sample_rate']:.4f}, {e['steps']} steps, "
+                         f"{e.get('grad_sample_mode') or 'n/a'} clipping).")
+    else:
+        lines.append("No differential privacy: the classifiers were trained with plain Adam. No formal guarantee "
+                     "holds for any client's records.")
+    if mode in ("fd", "fd-kmeans"):
+        covered = ("They are a post-processing of the DP-trained classifier, so the client's epsilon covers them; "
+                   if p.enabled else "")
+        lines.append(f"What is shared: soft labels on a public proxy set of {fd.proxy_size} images (carved from the "
+                     "training pool, disjoint from every client; public, so using it costs no privacy). " + covered +
+                     "distilling from the aggregate is post-processing of other clients' DP outputs.")
+        if mode == "fd-kmeans" or cfg.distill.swing:
+            lines.append("Not covered by epsilon: the KMeans filter is fitted on each client's raw private images "
+                         "without DP. Its decisions (which proxy samples a client votes on" +
+                         (", and the swing-style per-sample temperatures and noise" if cfg.distill.swing else "") +
+                         ") reveal where the client's data lie, as do the filter precision/recall metrics sent "
+                         "to the server.")
+        if cfg.distill.swing:
+            lines.append("Swing-style temperatures and logit noise on soft labels are a heuristic against "
+                         "memorisation, not a differential-privacy guarantee.")
+    elif mode == "fedavg":
+        lines.append("What is shared: the MLP weights after each round" +
+                     (", a DP output covered by the client's epsilon." if p.enabled else "."))
+    else:
+        lines.append("What is shared: nothing but metrics (local-only baseline).")
+    if cfg.he.enabled and mode in ("fd", "fd-kmeans"):
+        lines.append(f"Aggregation under CKKS ({cfg.he.profile} profile): labels and vote masks are encrypted, the "
+                     "server only adds ciphertexts and holds no secret key. Every client holds the secret key and "
+                     "can decrypt the summed labels and per-sample vote counts (not another client's upload unless "
+                     "it intercepts it; deployment uses TLS).")
+    elif mode in ("fd", "fd-kmeans", "fedavg"):
+        lines.append("Aggregation in plaintext: the server sees each client's upload"
+                     + (", including its vote mask." if mode != "fedavg" else "."))
+    lines.append("Not covered: the run configuration, the number of records per client and the test-set accuracies "
+                 "each client reports.")
+    return "\n".join(lines)
+
+
+def run_digits(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> None:
+    """Run the digits federation end to end and record it in ``store``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fed, fd = cfg.federation, cfg.fd
+    if cfg.he.enabled and fd.mode == "fedavg":
+        raise ValueError("he.enabled = true with fd.mode = 'fedavg' is not supported for data.task = 'digits': "
+                         "encrypted aggregation covers the soft-label modes; choose fd.mode = fd or fd-kmeans")
+    task = load_digits_task(seed=cfg.run.seed, proxy_size=fd.proxy_size)
+    he_context = None
+    if cfg.he.enabled and fd.mode in ("fd", "fd-kmeans"):
+        from privacy.he.keys import load_public_context
+        key_dir = provision_keys(cfg, run_dir)
+        he_context = load_public_context(key_dir / "public.ctx")
+
+    nodes = wait_for_nodes(grid, fed.min_clients, fed.round_timeout)
+    hello = greet_digits(grid, nodes, fed.round_timeout)
+    node_to_client = {node: int(h["partition-id"]) for node, h in hello.items()}
+    for node, h in hello.items():
+        store.register_client(run_id, int(h["partition-id"]), node_id=str(node), num_examples=int(h["num-examples"]),
+                              teacher_provenance="none")
+    log.info("digits %s: %d clients, partition %s, proxy %d, HE %s", fd.mode, len(hello), cfg.data.partition,
+             len(task.X_proxy), "on" if he_context is not None else "off")
+
+    initial = ArrayRecord()
+    if fd.mode == "fedavg":
+        initial = ArrayRecord(make_classifier(fd.hidden, seed=cfg.run.seed).state_dict())
+    strategy = SoftLabelFD(mode=fd.mode, n_proxy=len(task.X_proxy), n_classes=task.n_classes,
+                           he_context=he_context, he_profile=cfg.he.profile, store=store, run_id=run_id,
+                           node_to_client=node_to_client, min_clients=fed.min_clients,
+                           max_payload_bytes=int(fed.max_payload_mb * 2**20), max_grad_norm=cfg.privacy.max_grad_norm,
+                           fraction_train=fed.fraction_train)
+    # K, the public client count: under HE each upload is weighted 1/K so all sums stay within [0, 1].
+    common = ConfigRecord({"he-clients": float(max(fed.clients, len(hello), 1))})
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds, timeout=fed.round_timeout,
+                            train_config=common, evaluate_config=ConfigRecord(dict(common)))
+    final = result.evaluate_metrics_clientapp.get(fed.rounds)
+    if final is not None:
+        log.info("digits %s: final mean client accuracy %.4f", fd.mode, float(np.asarray(final["accuracy"])))
+    store.set_privacy_statement(run_id, digits_privacy_statement(cfg, store.latest_ledger(run_id)))

@@ -1,0 +1,88 @@
+"""Smoke tests: the LM and DP-step benchmarks run end to end in --quick mode and their checks hold.
+
+These test that the benchmark code works and that the properties it asserts are real (stored ε within
+budget and equal to an independent recomputation; exact per-sample gradients of the prototype
+book-keeping step), not that anything is fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def lm_bench() -> ModuleType:
+    return _load("lm_bench")
+
+
+@pytest.fixture(scope="module")
+def dpstep_bench() -> ModuleType:
+    return _load("dpstep_bench")
+
+
+def test_recompute_epsilon_matches_reference_sigma(lm_bench: ModuleType) -> None:
+    # ALGORITHMS.md §2: for ε = 2, δ = 1e-5, q = 0.01, 1000 steps the PRV noise multiplier is 0.9615.
+    eps = lm_bench.recompute_epsilon(0.9615, 0.01, 1000, 1e-5)
+    assert eps["prv"] == pytest.approx(2.0, abs=0.02)
+    assert eps["rdp"] > eps["prv"]  # RDP is the looser bound
+
+
+def test_lm_bench_quick(lm_bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "lm.json"
+    assert lm_bench.main(["--quick", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    methods = {r["method"] for r in record["runs"]}
+    assert methods == {"dp-sft", "dp-kd", "dp-kd+swing", "dp-opd", "dp-opd+swing"}
+    for run in record["runs"]:
+        assert run["epsilon"] <= 2.0
+        assert run["epsilon_recomputed_prv"] == pytest.approx(run["epsilon"], abs=1e-6)
+        assert math.isfinite(run["heldout_ppl"]) and run["heldout_ppl"] > 1.0
+        assert run["steps"] == record["settings"]["steps"]
+        assert run["grad_sample_mode"] == "ghost"
+    opd = [r for r in record["runs"] if r["method"] == "dp-opd"]
+    assert all(r["on_policy_steps"] > 0 for r in opd)
+    assert set(record["swing_check"]) == {"dp-kd", "dp-opd"}
+    assert record["ordering"]["evaluated"] is True
+    assert "date" in record["machine"] and "git_commit" in record["machine"]
+
+
+def test_lm_bench_missing_wikitext_exits_clearly(lm_bench: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="wikitext-2 files not found"):
+        lm_bench.main(["--quick", "--data", str(tmp_path / "nowhere")])
+
+
+def test_dpstep_bench_quick(dpstep_bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "dpstep.json"
+    assert dpstep_bench.main(["--quick", "--out", str(out)]) == 0
+    model = json.loads(out.read_text())["models"]["student-xs"]
+    assert model["rmsnorm_swap_max_abs_diff"] <= 1e-6
+    assert model["bk_max_rel_error"] < 1e-9  # float64: exact up to rounding
+    for name, variant in model["variants"].items():
+        assert variant["median_s"] > 0 and variant["peak_mb"] > 0, name
+    assert model["variants"]["non-private"]["ratio_vs_non_private"] == pytest.approx(1.0)
+
+
+def test_book_keeping_rejects_unsupported_layers(dpstep_bench: ModuleType) -> None:
+    from distill.models import build_lm
+
+    with pytest.raises(ValueError, match="does not support"):
+        dpstep_bench.BookKeepingDP(build_lm("student-xs", 300), lr=1e-3, noise_multiplier=1.0,
+                                   max_grad_norm=1.0, expected_batch_size=4)

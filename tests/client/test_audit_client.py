@@ -1,0 +1,182 @@
+"""Client-side audits (ALGORITHMS.md §8): the canary plan, a direct ClientApp ``query.audit`` call, and
+the issue's check that a non-private model trained with 16-fold canaries exposes them while a strongly
+private one does not (in-process, no Flower, the same audit functions as the ClientApp)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import app as client_app
+from client.audit_client import parse_kinds
+from client.audit_measures import AuditData, audit_client_models, client_canaries
+from client.dp import DPSession, Ledger, poisson_batches, run_dp_steps
+from client.protocol import ProtocolError
+from client.textdata import client_texts, heldout_shard, public_corpus, tokenise, with_canaries
+from client.trainers import LMTrainer, SFTConfig, train_teacher
+from distill.models import build_lm
+from distill.tokenizer import tokenizer_from_json, tokenizer_to_json, train_tokenizer
+from fedveil.config import load_config, to_run_config
+from privacy.audit.plan import (
+    EXPOSURE_FORMATS,
+    ONE_RUN_CANARIES,
+    is_one_run,
+    reference_candidates,
+    run_canary_plan,
+    training_encode,
+)
+
+SMALL = ["federation.clients=2", "federation.rounds=1", "data.records_per_client=24", "data.public_records=200",
+         "data.heldout_records=16", "data.vocab_size=400", "train.local_steps=2", "train.batch_size=8",
+         "train.teacher_steps=3", "train.method=dp-kd", "audit.n_references=64"]
+
+
+@pytest.fixture(scope="module")
+def tok() -> object:
+    return train_tokenizer(public_corpus(0, 200), vocab_size=400)
+
+
+def test_plan_is_deterministic_and_only_for_canary_clients(tok: object) -> None:
+    cfg = load_config(None, [*SMALL, "audit.canary_clients=1"])
+    encode = training_encode(tok)
+    plan = run_canary_plan(cfg, encode)
+    assert plan == run_canary_plan(cfg, encode)
+    # Clients rebuild the tokenizer from the JSON the server sends: they must plan the same canaries.
+    assert plan == run_canary_plan(cfg, training_encode(tokenizer_from_json(tokenizer_to_json(tok))))
+    exposure = [c for c in plan if not is_one_run(c)]
+    inserted = [c for c in exposure if c.inserted]
+    assert sorted(c.repetitions for c in inserted) == [1, 4, 16] and {c.client_index for c in inserted} == {0}
+    assert all(c.client_index is None and c.repetitions == 0 for c in exposure if not c.inserted)
+    one_run = [c for c in plan if is_one_run(c)]
+    assert len(one_run) == ONE_RUN_CANARIES and {c.client_index for c in one_run} == {0}
+    assert all(c.repetitions == int(c.inserted) for c in one_run)
+    refs = reference_candidates(cfg, encode, plan)[0]
+    lengths = {len(encode(t)) for t in refs + [c.text for c in exposure]}
+    assert len(refs) == 64 and len(lengths) == 1  # every candidate of the format has one token length
+    assert not {c.text for c in exposure} & set(refs)
+    # Insertion: client 0 gets every copy, client 1 nothing.
+    own = client_texts(cfg, 0)
+    train = with_canaries(cfg, 0, own, tok)
+    copies = sum(c.repetitions for c in plan if c.inserted)
+    assert len(train) == len(own) + copies and [t for t in train if t in own] == own
+    assert with_canaries(cfg, 1, client_texts(cfg, 1), tok) == client_texts(cfg, 1)
+    # No exposure audit configured: no canary inserted anywhere.
+    assert run_canary_plan(load_config(None, [*SMALL, "audit.kinds=['mia']"]), encode) == []
+    assert run_canary_plan(load_config(None, [*SMALL, "audit.enabled=false"]), encode) == []
+
+
+def test_parse_kinds_refuses_unknown() -> None:
+    assert parse_kinds("exposure, mia") == ("exposure", "mia")
+    with pytest.raises(ProtocolError, match="unknown audit kinds"):
+        parse_kinds("exposure,leak")
+
+
+def _message(kind: str, arrays: ArrayRecord, tok: object, **extra: str | int) -> Message:
+    tj = tokenizer_to_json(tok)
+    conf = ConfigRecord({"server-round": 1, "he-scale": 48.0, "tokenizer-sha256": hashlib.sha256(tj.encode()).hexdigest(),
+                         **extra})
+    return Message(RecordDict({"config": conf, "arrays": arrays}), dst_node_id=11, message_type=kind)
+
+
+def test_audit_query_replies_numbers_only(tok: object, tmp_path: Path) -> None:
+    cfg = load_config(None, [*SMALL, "data.max_length=112", f"run.run_dir='{tmp_path}'", "run.run_id='r1'"])
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 11, 1
+    ctx = Context(run_id=1, node_id=11, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                  run_config=to_run_config(cfg))  # type: ignore[arg-type]
+    ctx.state.config_records["tokenizer"] = ConfigRecord({"json": tokenizer_to_json(tok)})
+    reply = client_app(_message("train", ArrayRecord(build_lm(cfg.model.student, len(tok)).state_dict()), tok), ctx)
+    arrays = reply.content.array_records["arrays"]
+
+    reply = client_app(_message("query.audit", arrays, tok, kinds="exposure,memorisation,mia,epsilon"), ctx)
+    record = reply.content.config_records["audit"]
+    assert set(record) == {"exposure", "memorisation", "mia", "epsilon", "meta"}
+    raw = " ".join(str(v) for v in record.values())
+    plan = run_canary_plan(cfg, training_encode(tok))
+    for canary in plan:  # ids and numbers only: no canary text, no secret, no template
+        assert canary.secret not in raw and canary.text not in raw
+    assert EXPOSURE_FORMATS[0].prefix.strip() not in raw
+    result = {k: json.loads(v) for k, v in record.items()}
+    models = {"teacher", "student", "global", "finetuned"}
+    assert set(result["meta"]["models"]) == models and result["meta"]["dp_steps"] == 2
+
+    own = {c.canary_id for c in client_canaries(plan, 0) if not is_one_run(c)}
+    for model in models:
+        rows = result["exposure"][model]["rows"]
+        assert {r["canary_id"] for r in rows} == own
+        assert all(r["n_ref"] == 64 and r["rank_exposure"] <= math.log2(64) + 1e-12 for r in rows)
+        memo = result["memorisation"][model]
+        assert memo["n_audited"] > 0 and 0.0 <= memo["rate"] <= 1.0
+        attacks = result["mia"][model]["attacks"]
+        assert set(attacks) == {"loss", "zlib", "min_k", "reference"}
+        assert all(0.0 <= a["auc"] <= 1.0 and a["tpr_at_01pct"] is None for a in attacks.values())
+        eps = result["epsilon"][model]
+        assert eps["clopper_pearson"]["epsilon_lb"] >= 0.0 and eps["one_run"]["m"] == ONE_RUN_CANARIES
+        assert eps["dp_claimed"] == (model in ("student", "global"))
+    assert "inherited_from_teacher" in result["memorisation"]["global"]
+    for name in ("teacher", "student"):
+        assert (tmp_path / "r1" / "clients" / "0" / name / "config.json").is_file()
+
+
+# -- the issue's end-to-end property, in-process -----------------------------------------------------
+
+ISSUE = ["federation.clients=2", "data.records_per_client=24", "data.public_records=200", "data.heldout_records=64",
+         "data.max_length=32", "data.vocab_size=400", "audit.canary_repetitions=[16]", "audit.canaries_per_setting=4",
+         "audit.n_references=256"]
+STEPS = 80
+
+
+@pytest.fixture(scope="module")
+def issue_setup(tok: object) -> tuple:
+    cfg = load_config(None, ISSUE)
+    encode = training_encode(tok)
+    plan = run_canary_plan(cfg, encode)
+    own = client_texts(cfg, 0)
+    train = tokenise(tok, with_canaries(cfg, 0, own, tok), max_length=32, prompt_length=1, with_privacy=False)
+    data = AuditData(encode=encode, members=own, nonmembers=heldout_shard(cfg, 0), max_length=32,
+                     canaries=client_canaries(plan, 0), references=reference_candidates(cfg, encode, plan), delta=1e-5)
+    return cfg, train, data
+
+
+def _sixteen_fold(result: dict) -> list[float]:
+    return [r["rank_exposure"] for r in result["exposure"]["global"]["rows"] if r["repetitions"] == 16]
+
+
+def test_non_private_model_exposes_16_fold_canaries(tok: object, issue_setup: tuple) -> None:
+    _, train, data = issue_setup
+    model = build_lm("student-xs", len(tok), seed=0)
+    train_teacher(model, train, steps=STEPS, lr=3e-3, batch_size=16, rng=np.random.default_rng(0),
+                  device=torch.device("cpu"))
+    result = audit_client_models({"global": model}, data, ("exposure", "epsilon"))
+    exposures = _sixteen_fold(result)
+    assert len(exposures) == 4 and min(exposures) >= 0.9 * math.log2(256)  # found among 256 references
+    eps = result["epsilon"]["global"]
+    assert eps["clopper_pearson"]["epsilon_lb"] > 0 and eps["one_run"]["epsilon_lb"] > 0
+
+
+def test_strongly_private_model_shows_low_exposure(tok: object, issue_setup: tuple) -> None:
+    _, train, data = issue_setup
+    model = build_lm("student-xs", len(tok), seed=0)
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    q = 16 / len(train)
+    session = DPSession(model, lr=3e-3, noise_multiplier=20.0, max_grad_norm=1.0, expected_batch_size=16,
+                        generator=gen)
+    trainer = LMTrainer(SFTConfig(), train, teacher=None, tokenizer=tok, device=torch.device("cpu"), generator=gen,
+                        rng=rng)
+    ledger = Ledger("prv")
+    run_dp_steps(session, poisson_batches(len(train), q, STEPS, rng), lambda idx: trainer.loss(session, idx), ledger, q)
+    model = session.close()
+    epsilon = ledger.epsilon(1e-5)
+    assert epsilon < 0.5
+    result = audit_client_models({"global": model}, data, ("exposure", "epsilon"))
+    assert float(np.mean(_sixteen_fold(result))) < 0.5 * math.log2(256)
+    eps = result["epsilon"]["global"]
+    assert eps["clopper_pearson"]["epsilon_lb"] <= epsilon and eps["one_run"]["epsilon_lb"] <= epsilon

@@ -1,0 +1,169 @@
+"""Stores for the dashboard tests, written through the real :class:`fedveil.store.Store` API.
+
+``filled_db`` holds two finished runs with realistic values: a DP-OPD text run with HE records,
+client events and every kind of audit (one ε lower bound exceeds the claim), and a non-DP
+digits run with accuracy only. ``states_db`` holds a run in progress and a failed run.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedveil.config import load_config, to_dict
+from fedveil.store import (
+    CanaryRow,
+    EventRow,
+    ExposureRow,
+    HERow,
+    LedgerRow,
+    MetricRow,
+    Store,
+    sqlite_url,
+)
+
+TEXT_RUN = "textrun0001"
+DIGITS_RUN = "digitsrun01"
+RUNNING_RUN = "running0001"
+FAILED_RUN = "failed00001"
+TEXT_PPL = [48.21, 31.66, 25.43]
+DIGITS_ACC = [0.712, 0.853, 0.904]
+FAIL_MESSAGE = "RuntimeError: client 1 ran out of memory in round 2"
+STATEMENT = ("Mechanism: DP-SGD (Opacus, per-example clipping C = 1.0), PRV accountant, target epsilon = 2.0.\n"
+             "Unit protected: one record of one client.\n"
+             "Not covered: each client's teacher was trained WITHOUT differential privacy.")
+
+
+def base_config() -> dict[str, Any]:
+    """The embedded default configuration as the nested dict runs store."""
+    return to_dict(load_config(None, []))
+
+
+def _t(minutes: float) -> dt.datetime:
+    return dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC) + dt.timedelta(minutes=minutes)
+
+
+def add_text_round(store: Store, run_id: str, rnd: int, clients: int, *, he: bool) -> None:
+    ppl = TEXT_PPL[rnd - 1]
+    metrics = [MetricRow("perplexity", ppl, rnd), MetricRow("train-loss", 4.1 - 0.45 * rnd, rnd),
+               MetricRow("round-seconds", 61.5 + rnd, rnd)]
+    ledger, he_rows = [], []
+    for c in range(clients):
+        eps = 0.62 * rnd + 0.04 * c
+        metrics += [MetricRow("client-perplexity", ppl * (1.0 + 0.05 * (c - 1)), rnd, c),
+                    MetricRow("epsilon", eps, rnd, c), MetricRow("steps", 8 * rnd, rnd, c)]
+        ledger.append(LedgerRow(client_index=c, epsilon=eps, delta=1e-5, noise_multiplier=1.1234, sample_rate=0.1,
+                                steps=8 * rnd, accountant="prv", max_grad_norm=1.0, grad_sample_mode="ghost"))
+        if he:
+            he_rows.append(HERow(profile="compact", bytes_sent=3_355_443 + 1000 * c, client_index=c,
+                                 encrypt_seconds=0.412 + 0.01 * c))
+    if he:
+        he_rows.append(HERow(profile="compact", bytes_sent=3_355_443, aggregate_seconds=0.093,
+                             decrypt_seconds=0.051, max_abs_error=3.1e-7))
+    events = [EventRow("rejected", "payload of 301.2 MB exceeds max_payload_mb = 256", client_index=2,
+                       node_id="9001")] if rnd == 2 else []
+    store.record_round(run_id, rnd, status="completed", started_at=_t(rnd), finished_at=_t(rnd + 1),
+                       num_sampled=clients, num_replied=clients - len(events), num_rejected=len(events),
+                       metrics=metrics, ledger=ledger, he=he_rows, events=events)
+
+
+def _audits(store: Store, run_id: str) -> None:
+    canaries = [CanaryRow(f"c{r}", 0, "my account number is {d}{d}{d}{d}{d}{d}", f"{r:06d}", r, True, 0)
+                for r in (1, 4, 16)]
+    store.add_canaries(run_id, canaries)
+    for model, gain in (("teacher", 3.0), ("global", 1.0)):
+        rows = [ExposureRow(f"c{r}", r, 40.0 - gain * r, min(10.97, gain * math.log2(1 + r)), 2000,
+                            exposure_extrapolated=gain * math.log2(1 + r) + 0.3, extrapolated_is_bound=r == 16)
+                for r in (1, 4, 16)]
+        store.add_audit(run_id, "exposure", model, client_index=0, params={"n_ref": 2000}, exposures=rows)
+    for model, rate, n in (("teacher", 0.12, 50), ("student", 0.02, 50), ("finetuned", 0.08, 50)):
+        store.add_audit(run_id, "memorisation", model,
+                        summary={"rate": rate, "n_audited": n, "memorised": round(rate * n),
+                                 "approximate_rate": rate + 0.04, **({"inherited": 1} if model == "student" else {})})
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.normal(0.4, 1.0, 400), rng.normal(0.0, 1.0, 400)
+    fpr = np.geomspace(1e-3, 1.0, 40)
+    roc = [[float(f), float(min(1.0, f ** 0.8))] for f in fpr]
+    edges = np.linspace(-3.5, 4.0, 16)
+    store.add_audit(run_id, "mia", "global", params={"score": "loss"},
+                    summary={"auc": 0.612, "tpr_at_1pct": 0.031, "tpr_at_01pct": None, "roc": roc,
+                             "histogram": {"edges": edges.tolist(),
+                                           "members": np.histogram(members, edges)[0].tolist(),
+                                           "nonmembers": np.histogram(nonmembers, edges)[0].tolist()}})
+    store.add_audit(run_id, "mia", "teacher", params={"score": "zlib"},
+                    summary={"auc": 0.734, "tpr_at_1pct": 0.082, "tpr_at_01pct": None,
+                             "roc": [[float(f), float(min(1.0, f ** 0.6))] for f in fpr],
+                             "member_scores": (members + 0.5).tolist(), "nonmember_scores": nonmembers.tolist()})
+    store.add_epsilon_bound(run_id, method="clopper-pearson", epsilon_lb=0.41, accountant_epsilon=1.32,
+                            client_index=0, details={"alpha": 0.05})
+    store.add_epsilon_bound(run_id, method="one-run", epsilon_lb=2.07, accountant_epsilon=1.32,
+                            details={"m": 1000, "r": 200, "v": 190})
+
+
+def fill_text_run(store: Store, run_id: str = TEXT_RUN, *, rounds: int = 3, finish: bool = True) -> None:
+    """A DP-OPD text run with HE, 3 clients, an event and every kind of audit."""
+    cfg = base_config()
+    cfg["run"]["name"], cfg["federation"]["clients"], cfg["he"]["enabled"] = "dp-opd-clinical", 3, True
+    store.create_run(cfg, run_id=run_id, name="dp-opd-clinical", method="dp-opd", task="synthetic-text",
+                     he_enabled=True, num_clients=3, num_rounds=3, seed=0)
+    store.mark_running(run_id)
+    for c in range(3):
+        store.register_client(run_id, c, node_id=str(9000 + c), num_examples=160, teacher_provenance="private-non-dp")
+    for rnd in range(1, rounds + 1):
+        add_text_round(store, run_id, rnd, 3, he=True)
+    if finish:
+        store.set_privacy_statement(run_id, STATEMENT)
+        _audits(store, run_id)
+        store.complete_run(run_id, wall_seconds=212.4, peak_rss_mb=1834.0)
+
+
+def fill_digits_run(store: Store, run_id: str = DIGITS_RUN) -> None:
+    """A non-DP federated-distillation digits run: accuracy only, no ledger, no HE, no audits."""
+    cfg = copy.deepcopy(base_config())
+    cfg["run"]["name"], cfg["data"]["task"], cfg["privacy"]["enabled"] = "digits-fd-kmeans", "digits", False
+    store.create_run(cfg, run_id=run_id, name="digits-fd-kmeans", method="fd-kmeans", task="digits",
+                     he_enabled=False, num_clients=4, num_rounds=3, seed=1,
+                     privacy_statement="No differential privacy: no formal guarantee holds.")
+    store.mark_running(run_id)
+    for rnd, acc in enumerate(DIGITS_ACC, start=1):
+        metrics = [MetricRow("accuracy", acc, rnd)] + [
+            MetricRow("client-accuracy", acc - 0.02 * c, rnd, c) for c in range(4)]
+        store.record_round(run_id, rnd, status="completed", started_at=_t(10 + rnd), finished_at=_t(11 + rnd),
+                           num_sampled=4, num_replied=4, metrics=metrics)
+    store.complete_run(run_id, wall_seconds=35.2)
+
+
+@pytest.fixture()
+def empty_db(tmp_path: Path) -> str:
+    """URL of a migrated store without any run."""
+    url = sqlite_url(tmp_path / "empty.db")
+    Store(url).close()
+    return url
+
+
+@pytest.fixture()
+def filled_db(tmp_path: Path) -> Iterator[str]:
+    """URL of a store with the text run and the digits run (text run created first)."""
+    url = sqlite_url(tmp_path / "filled.db")
+    with Store(url) as store:
+        fill_text_run(store)
+        fill_digits_run(store)
+    yield url
+
+
+@pytest.fixture()
+def states_db(tmp_path: Path) -> str:
+    """URL of a store with a run in progress (1 of 3 rounds) and a failed run."""
+    url = sqlite_url(tmp_path / "states.db")
+    with Store(url) as store:
+        fill_text_run(store, RUNNING_RUN, rounds=1, finish=False)
+        fill_text_run(store, FAILED_RUN, rounds=1, finish=False)
+        store.fail_run(FAILED_RUN, FAIL_MESSAGE)
+    return url

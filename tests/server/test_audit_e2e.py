@@ -1,0 +1,142 @@
+"""Audits inside a real (small) `fedveil run` simulation, and `fedveil audit` on its checkpoints
+(ALGORITHMS.md §8): canary ground truth, exposure / memorisation / MIA / ε audits for every client,
+and every ε lower bound at or below the accountant's ε unless the run is flagged."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord
+
+from client.textdata import public_corpus
+from distill.models import build_lm
+from distill.tokenizer import train_tokenizer
+from fedveil.config import load_config, to_dict
+from fedveil.store import EPS_LB_FLAG, Store
+from server.audits import round_audit_fn
+from tests.server.simtools import _cli
+
+SMALL = """
+[run]
+name = "audit-e2e"
+[federation]
+clients = 2
+rounds = 2
+[data]
+records_per_client = 24
+public_records = 200
+heldout_records = 16
+max_length = 112
+vocab_size = 400
+[train]
+method = "dp-kd"
+local_steps = 2
+batch_size = 8
+teacher_steps = 3
+[audit]
+enabled = true
+n_references = 64
+"""
+
+
+@pytest.fixture(scope="module")
+def audited_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict]:
+    work = tmp_path_factory.mktemp("audit-e2e")
+    (work / "small.toml").write_text(SMALL)
+    db = f"sqlite:///{work / 'store.db'}"
+    proc = _cli("run", "-c", "small.toml", "--db", db, "--quiet", cwd=work, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_id = json.loads(_cli("runs", "--format", "json", "--db", db, cwd=work).stdout)[0]["id"]
+    shown = _cli("show", run_id, "--format", "json", "--db", db, cwd=work)
+    return db, run_id, json.loads(shown.stdout)
+
+
+def _check_bounds(shown: dict) -> None:
+    for bound in shown["epsilon_bounds"]:
+        assert bound["accountant_epsilon"] is not None  # DP run: every stored bound has its claim beside it
+        if bound["epsilon_lb"] > bound["accountant_epsilon"]:
+            assert bound["flagged"] and EPS_LB_FLAG in shown["run"]["flags"]
+        else:
+            assert not bound["flagged"]
+
+
+@pytest.mark.slow
+def test_run_stores_every_audit(audited_run: tuple[str, str, dict]) -> None:
+    _, _, shown = audited_run
+    assert shown["run"]["status"] == "completed"
+    assert not [e for e in shown["events"] if e["reason"].startswith("audit")], shown["events"]
+    canaries = shown["canaries"]
+    inserted = [c for c in canaries if c["inserted"] and not c["one_run"]]
+    assert sorted(c["repetitions"] for c in inserted) == [1, 4, 16] and {c["client_index"] for c in inserted} == {0}
+    assert any(not c["inserted"] and not c["one_run"] for c in canaries)  # never-inserted controls
+    assert any(c["one_run"] for c in canaries) and all(c["secret"] for c in canaries)
+
+    audits = shown["audits"]
+    kinds = {(a["kind"], a["model"], a["client_index"]) for a in audits}
+    for client in (0, 1):
+        for model in ("teacher", "student", "global", "finetuned"):
+            for kind in ("memorisation", "mia", "epsilon"):
+                assert (kind, model, client) in kinds
+    for model in ("teacher", "student", "global", "finetuned"):
+        assert ("exposure", model, 0) in kinds and ("exposure", model, 1) not in kinds  # only client 0 has canaries
+    ids = {c["canary_id"] for c in canaries}
+    for audit in (a for a in audits if a["kind"] == "exposure"):
+        assert audit["exposures"] and {e["canary_id"] for e in audit["exposures"]} <= ids
+        assert all(e["n_ref"] == 64 and e["exposure_rank"] <= math.log2(64) + 1e-9 for e in audit["exposures"])
+        assert set(audit["summary"]["by_repetitions"]) == {"0", "1", "4", "16"}
+    mia = next(a for a in audits if a["kind"] == "mia" and a["model"] == "global")
+    assert {"loss", "zlib", "min_k", "reference"} <= set(mia["summary"])
+    assert "roc_points" in mia["summary"]["loss"] and "histogram" in mia["summary"]["loss"]
+    memo = next(a for a in audits if a["kind"] == "memorisation" and a["model"] == "global")
+    assert memo["summary"]["n_audited"] > 0 and "inherited_from_teacher" in memo["summary"]
+
+    bounds = shown["epsilon_bounds"]
+    methods = {(b["client_index"], b["method"], b["details"]["model"]) for b in bounds}
+    for client in (0, 1):
+        assert {(client, "clopper-pearson", "global"), (client, "clopper-pearson", "student")} <= methods
+    assert (0, "one-run", "global") in methods
+    _check_bounds(shown)
+
+
+@pytest.mark.slow
+def test_on_demand_audit_from_checkpoints(audited_run: tuple[str, str, dict]) -> None:
+    from fedveil.audit_cmd import audit_run
+
+    db, run_id, shown = audited_run
+    before = len(shown["audits"])
+    audit_run(run_id, ["exposure", "epsilon"], db, progress=False)
+    with Store(db) as store:
+        after = store.get_run(run_id)
+    new = after["audits"][before:]
+    assert {(a["kind"], a["model"]) for a in new if a["client_index"] == 0} == {
+        (kind, model) for kind in ("exposure", "epsilon") for model in ("teacher", "student", "global", "finetuned")}
+    assert len(after["canaries"]) == len(shown["canaries"])  # ground truth not duplicated
+    # The global student's exposures are recomputed from the same checkpoint: same log-perplexities.
+    old = next(a for a in shown["audits"] if a["kind"] == "exposure" and a["model"] == "global")
+    again = next(a for a in new if a["kind"] == "exposure" and a["model"] == "global")
+    assert {e["canary_id"]: round(e["log_perplexity_bits"], 4) for e in old["exposures"]} == {
+        e["canary_id"]: round(e["log_perplexity_bits"], 4) for e in again["exposures"]}
+    _check_bounds(after)
+
+
+def test_round_audit_stores_global_exposure_and_never_raises(tmp_path: Path) -> None:
+    cfg = load_config(None, ["audit.every_round=true", "audit.n_references=32", "data.vocab_size=400"])
+    tok = train_tokenizer(public_corpus(0, 200), vocab_size=400)
+    with Store(f"sqlite:///{tmp_path / 's.db'}") as store:
+        run_id = store.create_run(to_dict(cfg), name="r", method="dp-opd", task="synthetic-text", he_enabled=False,
+                                  num_clients=4, num_rounds=3, seed=0)
+        evaluate = round_audit_fn(cfg, store, run_id, tok)
+        assert evaluate is not None
+        metrics = evaluate(1, ArrayRecord(build_lm(cfg.model.student, len(tok)).state_dict()))
+        assert metrics is not None and metrics["max-exposure"] <= math.log2(32)
+        assert evaluate(2, ArrayRecord({})) is None  # a broken model is an event, not an exception
+        shown = store.get_run(run_id)
+        (audit,) = shown["audits"]
+        assert (audit["kind"], audit["model"], audit["server_round"], audit["client_index"]) == ("exposure", "global", 1,
+                                                                                               None)
+        assert len(audit["exposures"]) == 7  # 3 inserted (client 0) + 4 never-inserted controls
+        assert [(e["kind"], e["server_round"]) for e in shown["events"]] == [("failed", 2)]
+        assert round_audit_fn(load_config(None), store, run_id, tok) is None  # not configured
