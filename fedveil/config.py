@@ -131,7 +131,7 @@ class PrivacyConfig:
 class HEConfig:
     """CKKS homomorphic aggregation (ALGORITHMS.md §7)."""
 
-    enabled: bool = _opt(False, "aggregate client updates under CKKS encryption")
+    enabled: bool = _opt(True, "aggregate client updates under CKKS encryption")
     profile: str = _opt("compact", "CKKS parameter profile (compact-seeded: symmetric seeded upload, ~8.3 B/value)",
                       choices=("compact", "compact-seeded", "conservative"))
     key_dir: str = _opt("", "key directory; empty provisions keys into the run directory")

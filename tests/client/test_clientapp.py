@@ -20,7 +20,8 @@ from fedveil.config import load_config, to_run_config
 
 OVERRIDES = ["federation.clients=2", "federation.rounds=2", "data.records_per_client=24", "data.public_records=200",
              "data.heldout_records=8", "data.max_length=48", "data.vocab_size=400", "train.local_steps=2",
-             "train.batch_size=8", "train.teacher_steps=3", "distill.gen_length=6", "distill.prompt_length=8"]
+             "train.batch_size=8", "train.teacher_steps=3", "distill.gen_length=6", "distill.prompt_length=8",
+             "he.enabled=false"]
 
 
 @pytest.fixture(scope="module")

@@ -74,37 +74,57 @@ def add_text_round(store: Store, run_id: str, rnd: int, clients: int, *, he: boo
                        metrics=metrics, ledger=ledger, he=he_rows, events=events)
 
 
-def _audits(store: Store, run_id: str) -> None:
-    canaries = [CanaryRow(f"c{r}", 0, "my account number is {d}{d}{d}{d}{d}{d}", f"{r:06d}", r, True, 0)
-                for r in (1, 4, 16)]
-    store.add_canaries(run_id, canaries)
-    for model, gain in (("teacher", 3.0), ("global", 1.0)):
-        rows = [ExposureRow(f"c{r}", r, 40.0 - gain * r, min(10.97, gain * math.log2(1 + r)), 2000,
-                            exposure_extrapolated=gain * math.log2(1 + r) + 0.3, extrapolated_is_bound=r == 16)
-                for r in (1, 4, 16)]
-        store.add_audit(run_id, "exposure", model, client_index=0, params={"n_ref": 2000}, exposures=rows)
-    for model, rate, n in (("teacher", 0.12, 50), ("student", 0.02, 50), ("finetuned", 0.08, 50)):
-        store.add_audit(run_id, "memorisation", model,
-                        summary={"rate": rate, "n_audited": n, "memorised": round(rate * n),
-                                 "approximate_rate": rate + 0.04, **({"inherited": 1} if model == "student" else {})})
-    rng = np.random.default_rng(0)
-    members, nonmembers = rng.normal(0.4, 1.0, 400), rng.normal(0.0, 1.0, 400)
+def _mia_attack(rng: np.random.Generator, shift: float, curve: float) -> dict[str, Any]:
+    """One attack's values in the shape ``server/audits.py`` stores (ROC points, histogram counts)."""
+    members, nonmembers = rng.normal(shift, 1.0, 400), rng.normal(0.0, 1.0, 400)
+    edges = np.histogram_bin_edges(np.concatenate([members, nonmembers]), bins=20)
     fpr = np.geomspace(1e-3, 1.0, 40)
-    roc = [[float(f), float(min(1.0, f ** 0.8))] for f in fpr]
-    edges = np.linspace(-3.5, 4.0, 16)
-    store.add_audit(run_id, "mia", "global", params={"score": "loss"},
-                    summary={"auc": 0.612, "tpr_at_1pct": 0.031, "tpr_at_01pct": None, "roc": roc,
-                             "histogram": {"edges": edges.tolist(),
-                                           "members": np.histogram(members, edges)[0].tolist(),
-                                           "nonmembers": np.histogram(nonmembers, edges)[0].tolist()}})
-    store.add_audit(run_id, "mia", "teacher", params={"score": "zlib"},
-                    summary={"auc": 0.734, "tpr_at_1pct": 0.082, "tpr_at_01pct": None,
-                             "roc": [[float(f), float(min(1.0, f ** 0.6))] for f in fpr],
-                             "member_scores": (members + 0.5).tolist(), "nonmember_scores": nonmembers.tolist()})
-    store.add_epsilon_bound(run_id, method="clopper-pearson", epsilon_lb=0.41, accountant_epsilon=1.32,
-                            client_index=0, details={"alpha": 0.05})
-    store.add_epsilon_bound(run_id, method="one-run", epsilon_lb=2.07, accountant_epsilon=1.32,
-                            details={"m": 1000, "r": 200, "v": 190})
+    return {"auc": 0.5 + shift / 3, "tpr_at_1pct": 0.01 + shift / 10, "tpr_at_01pct": None,
+            "roc_points": [[float(f), float(min(1.0, f ** curve))] for f in fpr],
+            "histogram": {"edges": edges.tolist(), "members": np.histogram(members, edges)[0].tolist(),
+                          "nonmembers": np.histogram(nonmembers, edges)[0].tolist()},
+            "epsilon_lb": 0.1 + shift}
+
+
+def add_audits(store: Store, run_id: str) -> None:
+    """End-of-run audits of clients 0 and 1 as ``server/audits.py`` writes them, and per-round global exposure.
+
+    Client 0's one-run bound on the global student (2.07) exceeds its accountant ε (1.86): flagged.
+    """
+    reps = {"c1": 1, "c4": 4, "c16": 16, "ctl": 0}
+    canaries = [CanaryRow(cid, 0, "my account number is {d}{d}{d}{d}{d}{d}", f"{r:06d}", r, r > 0,
+                          0 if r else None) for cid, r in reps.items()]
+    store.add_canaries(run_id, canaries)
+    rng = np.random.default_rng(0)
+    for client in (0, 1):
+        for model, gain in (("teacher", 3.0), ("student", 1.2), ("global", 1.0)):
+            rows = [ExposureRow(cid, r, 40.0 - gain * r, min(10.97, gain * math.log2(1 + r) + 0.2 * client), 2000,
+                                exposure_extrapolated=gain * math.log2(1 + r) + 0.3, extrapolated_is_bound=r == 16)
+                    for cid, r in reps.items()]
+            store.add_audit(run_id, "exposure", model, client_index=client, params={"n_ref": {"0": 2000}},
+                            summary={"n_canaries": 4}, exposures=rows)
+        for model, rate in (("teacher", 0.125), ("student", 0.03125), ("global", 0.015625), ("finetuned", 0.125)):
+            summary: dict[str, Any] = {"rate": rate, "n_audited": 64, "n_memorised": round(rate * 64),
+                                       "approx_rate_ned_0.1_ours": rate + 0.04}
+            if model != "teacher":
+                summary |= {"inherited_from_teacher": 1 if model == "student" else 0, "teacher_memorised": 8}
+            store.add_audit(run_id, "memorisation", model, client_index=client, summary=summary)
+        for model, shift in (("teacher", 0.8), ("student", 0.3), ("global", 0.2), ("finetuned", 0.6)):
+            attacks = {name: _mia_attack(rng, shift * k, 0.9 - shift / 2) for name, k in (("loss", 1.0), ("zlib", 0.8))}
+            store.add_audit(run_id, "mia", model, client_index=client, params={"k": 0.2, "n_nonmembers": 400},
+                            summary=attacks)
+        claim = 1.86 + 0.04 * client
+        for model in ("student", "global"):
+            store.add_audit(run_id, "epsilon", model, client_index=client, params={"accountant_epsilon": claim},
+                            summary={"dp_claimed": True})
+            store.add_epsilon_bound(run_id, method="clopper-pearson", epsilon_lb=0.41, accountant_epsilon=claim,
+                                    client_index=client, details={"model": model, "alpha": 0.05})
+        store.add_epsilon_bound(run_id, method="one-run", epsilon_lb=2.07 if client == 0 else 1.2,
+                                accountant_epsilon=claim, client_index=client,
+                                details={"model": "global", "m": 1000, "r": 200, "v": 190})
+    for rnd in (1, 2, 3):  # audit.every_round: the server audits the global student each round
+        rows = [ExposureRow(cid, r, 40.0 - r, 0.5 * rnd * math.log2(1 + r), 2000) for cid, r in reps.items()]
+        store.add_audit(run_id, "exposure", "global", server_round=rnd, params={"n_ref": {"0": 2000}}, exposures=rows)
 
 
 def fill_text_run(store: Store, run_id: str = TEXT_RUN, *, rounds: int = 3, finish: bool = True) -> None:
@@ -120,7 +140,7 @@ def fill_text_run(store: Store, run_id: str = TEXT_RUN, *, rounds: int = 3, fini
         add_text_round(store, run_id, rnd, 3, he=True)
     if finish:
         store.set_privacy_statement(run_id, STATEMENT)
-        _audits(store, run_id)
+        add_audits(store, run_id)
         store.complete_run(run_id, wall_seconds=212.4, peak_rss_mb=1834.0)
 
 

@@ -14,6 +14,7 @@ from dashboard.audit_frames import (
     bounds_frame,
     distillation_reduction,
     exposure_frame,
+    exposure_trend_frame,
     extrapolated_text,
     memorisation_frame,
     mia_frame,
@@ -77,22 +78,32 @@ def test_ledger_budget_and_he_aggregation(details: dict[str, dict]) -> None:
 def test_audit_frames(details: dict[str, dict]) -> None:
     text = details[TEXT_RUN]
     exp = exposure_frame(text)
-    assert len(exp) == 6 and exp["max_exposure"].iloc[0] == pytest.approx(math.log2(2000))
-    assert set(exp["secret"]) == {"000001", "000004", "000016"}
+    # Final audits only: 2 clients x 3 models x 4 canaries; the per-round global audits form the trend.
+    assert len(exp) == 24 and exp["round"].isna().all()
+    assert exp["max_exposure"].iloc[0] == pytest.approx(math.log2(2000))
+    assert set(exp["secret"]) == {"000000", "000001", "000004", "000016"}
+    trend = exposure_trend_frame(text)
+    assert trend["round"].tolist()[:4] == [1, 1, 1, 1] and len(trend) == 12
+    by16 = trend[trend["repetitions"] == 16]["exposure"].tolist()
+    assert by16 == sorted(by16) and by16[0] < by16[-1]
     assert extrapolated_text(5.0, True) == "> 5.00" and extrapolated_text(None, False) == "–"
     mem = memorisation_frame(text)
-    assert mem["rate_pct"].tolist() == pytest.approx([12.0, 2.0, 8.0])
+    assert mem["kind"].tolist()[:4] == ["teacher", "student", "global", "finetuned"]
+    assert mem["rate_pct"].tolist()[:4] == pytest.approx([12.5, 3.125, 1.5625, 12.5])
+    assert mem["inherited"].tolist()[:4] == [None, 1, 0, 0] and mem["approx_pct"].iloc[0] == pytest.approx(16.5)
     assert distillation_reduction(mem) == pytest.approx(75.0)
     mia = mia_frame(text)
-    assert mia["tpr_1pct"].tolist() == pytest.approx([3.1, 8.2])
+    assert len(mia) == 16 and set(mia["attack"]) == {"loss", "zlib"} and mia["tpr_01pct"].isna().all()
+    assert mia["auc"].between(0.5, 1.0).all()
     roc = roc_frame(text)
-    assert (roc["fpr"] > 0).all() and (roc["tpr"] > 0).all() and len(roc) == 80
+    assert (roc["fpr"] > 0).all() and (roc["tpr"] > 0).all() and len(roc) == 16 * 40
     hist = score_histogram_frame(text)
     # Each group's histogram is a distribution: shares add up to 100 %.
-    totals = hist.groupby(["attack", "group"])["share"].sum()
-    assert len(totals) == 4 and totals.to_numpy() == pytest.approx(100.0)
+    totals = hist.groupby(["model", "client", "attack", "group"])["share"].sum()
+    assert len(totals) == 32 and totals.to_numpy() == pytest.approx(100.0)
     bounds = bounds_frame(text)
-    assert bounds["flagged"].tolist() == [False, True]
+    assert bounds["flagged"].tolist() == [False, False, True, False, False, False]
+    assert bounds["bound"].iloc[2].startswith("one-run · global student · client 0")
 
 
 def test_audit_frames_accept_variants() -> None:
@@ -100,17 +111,24 @@ def test_audit_frames_accept_variants() -> None:
         {"kind": "memorisation", "model": "finetuned", "summary": {"memorised": [True, False, False, False]}},
         {"kind": "memorisation", "model": "global", "summary": {"rate": 0.0, "n_audited": 4, "memorised": 0}},
         {"kind": "mia", "model": "student", "client_index": 1, "params": {},
-         "summary": {"attacks": {"min-k": {"auc": 0.55, "roc_points": [[0.0, 0.1], [0.5, 0.6], [1, 1]]},
+         "summary": {"attacks": {"min-k": {"auc": 0.55, "roc": [[0.0, 0.1], [0.5, 0.6], [1, 1]]},
                                  "zlib": {"auc": 0.52}}}},
+        {"kind": "mia", "model": "teacher", "params": {"score": "loss"},
+         "summary": {"auc": 0.7, "member_scores": [1.0, 2.0, 3.0], "nonmember_scores": [0.0, 1.0]}},
     ]}
     mem = memorisation_frame(detail)
-    assert mem["rate_pct"].tolist() == pytest.approx([25.0, 0.0]) and mem["n_audited"].tolist() == [4, 4]
+    assert mem["rate_pct"].tolist() == pytest.approx([0.0, 25.0]) and mem["n_audited"].tolist() == [4, 4]
     assert distillation_reduction(mem) == pytest.approx(100.0)
-    assert mia_frame(detail)["attack"].tolist() == ["distilled student · client 1 · min-k",
-                                                     "distilled student · client 1 · zlib"]
+    mia = mia_frame(detail)
+    assert mia[["model", "client", "attack"]].values.tolist() == [
+        ["distilled student", "client 1", "min-k"], ["distilled student", "client 1", "zlib"],
+        ["teacher", "server", "loss"]]
     assert len(roc_frame(detail)) == 2  # the (0, 0.1) point cannot go on log axes
-    assert score_histogram_frame(detail).empty
-    assert exposure_frame({}).empty and bounds_frame({}).empty and mia_frame({}).empty
+    hist = score_histogram_frame(detail, bins=3)
+    assert set(hist["model"]) == {"teacher"} and hist.groupby("group")["share"].sum().tolist() == pytest.approx(
+        [100.0, 100.0])
+    assert exposure_frame({}).empty and exposure_trend_frame({}).empty and bounds_frame({}).empty
+    assert mia_frame({}).empty
 
 
 def test_frontier_marks_non_dominated_runs() -> None:

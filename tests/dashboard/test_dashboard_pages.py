@@ -119,7 +119,7 @@ def test_runs_page_table_and_counts(monkeypatch: pytest.MonkeyPatch, filled_db: 
     text = table.set_index("id").loc[TEXT_RUN]
     assert text["final_perplexity"] == pytest.approx(25.43)
     assert text["max_epsilon"] == pytest.approx(0.62 * 3 + 0.08)
-    assert text["worst_exposure"] == pytest.approx(10.97)
+    assert text["worst_exposure"] == pytest.approx(10.97)  # the teacher's canary inserted 16 times
     assert bool(text["he"]) and bool(text["eps_lb_flag"])
     digits = table.set_index("id").loc[DIGITS_RUN]
     assert digits["final_accuracy"] == pytest.approx(90.4) and pd.isna(digits["max_epsilon"])
@@ -180,20 +180,20 @@ def test_leakage_page_text_run(monkeypatch: pytest.MonkeyPatch, filled_db: str) 
     assert at.title[0].value == "Leakage audit"
     assert [s.value for s in at.subheader] == ["Empirical ε lower bound vs accountant ε", "Canary exposure",
                                                "Memorisation (verbatim extraction)", "Membership inference"]
-    # ε bounds, exposure, memorisation, log-log ROC, score histogram
-    assert charts(at) == 5
-    assert len(at.error) == 1 and "2.070 > 1.320" in at.error[0].value
-    assert metrics(at) == {"Distilled vs fine-tuned": "75% less", "Inherited from the teacher": "1 record"}
+    # ε bounds, exposure, exposure per round, memorisation, log-log ROC, score histogram
+    assert charts(at) == 6
+    assert len(at.error) == 1 and "2.070 > 1.860" in at.error[0].value
+    assert metrics(at) == {"Distilled vs fine-tuned": "75% less", "Inherited from the teacher": "2 records"}
     tables = [d.value for d in at.dataframe]
     mia = next(t for t in tables if "auc" in t.columns)
-    assert list(mia["attack"]) == ["global student · loss", "teacher · zlib"]
-    assert mia["auc"].tolist() == pytest.approx([0.612, 0.734]) and mia["tpr_01pct"].isna().all()
+    assert len(mia) == 16 and mia["tpr_01pct"].isna().all()
     exposures = next(t for t in tables if "exposure" in t.columns)
-    assert len(exposures) == 6 and exposures["extrapolated_text"].str.startswith("> ").sum() == 2
-    # Two score distributions: the attack to show is picked in a selectbox.
-    assert at.selectbox[-1].label == "Score distribution of"
-    at.selectbox[-1].set_value("teacher · zlib").run()
-    assert not at.exception and charts(at) == 5
+    assert len(exposures) == 24 and exposures["extrapolated_text"].str.startswith("> ").sum() == 6
+    # The curves shown are picked by attack and client; the histogram by model.
+    assert [s.label for s in at.selectbox] == ["Run", "Attack", "Client", "Score distribution of"]
+    for label, value in (("Attack", "zlib"), ("Client", "client 1"), ("Score distribution of", "teacher")):
+        next(s for s in at.selectbox if s.label == label).set_value(value).run()
+        assert not at.exception and charts(at) == 6
 
 
 def test_leakage_page_without_audits(monkeypatch: pytest.MonkeyPatch, filled_db: str) -> None:

@@ -30,6 +30,8 @@ teacher_steps = 3
 [distill]
 gen_length = 6
 prompt_length = 8
+[he]
+enabled = false
 [audit]
 enabled = false
 """
