@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -104,7 +104,7 @@ class Ledger:
                 "sigma": [h[0] for h in self.history_], "q": [h[1] for h in self.history_],
                 "steps": [h[2] for h in self.history_]}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         sig, q, st = state.get("sigma", []), state.get("q", []), state.get("steps", [])
         if not (isinstance(sig, list) and isinstance(q, list) and isinstance(st, list)) or not len(sig) == len(q) == len(st):
             raise ValueError("corrupt ledger state: sigma, q and steps must be lists of one length")

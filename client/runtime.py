@@ -111,7 +111,10 @@ def parse_request(msg: Message, context: Context) -> Request:
         raise ProtocolError("the node's tokenizer differs from the server's (sha256 mismatch)")
     if "arrays" not in content.array_records:
         raise ProtocolError("request has no ArrayRecord 'arrays'")
-    he_scale = float(conf["he-scale"]) if "he-scale" in conf else 1.0
+    raw_scale = conf.get("he-scale", 1.0)
+    if isinstance(raw_scale, bool) or not isinstance(raw_scale, (int, float)):
+        raise ProtocolError(f"he-scale must be a number, got {type(raw_scale).__name__}")
+    he_scale = float(raw_scale)
     if not he_scale > 0:
         raise ProtocolError(f"he-scale must be positive, got {he_scale}")
     return Request(server_round, _tokenizer(tok_json), content.array_records["arrays"], he_scale)
@@ -142,7 +145,8 @@ def _global_student(node: NodeState, request: Request) -> torch.nn.Module:
     model = build_lm(cfg.model.student, len(request.tokenizer), seed=cfg.run.seed)
     state = he_client.global_state(node, request, model)
     model.load_state_dict(state, strict=True)
-    return model.to(node.device)
+    model.to(node.device)  # type: ignore[arg-type]
+    return model
 
 
 def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedRecords) -> tuple[torch.nn.Module, str]:
@@ -152,7 +156,8 @@ def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedR
     provenance = "private-non-dp" if cfg.train.teacher_private else "public"
     if "teacher" in context.state.array_records:
         teacher.load_state_dict(context.state.array_records["teacher"].to_torch_state_dict())
-        return teacher.to(node.device).eval(), provenance
+        teacher.to(node.device)  # type: ignore[arg-type]
+        return teacher.eval(), provenance
     if cfg.train.teacher_private:
         source = data
     else:

@@ -87,7 +87,8 @@ def load_checkpoint(directory: str | Path, device: torch.device | None = None) -
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (config.json missing)")
     model = LlamaForCausalLM.from_pretrained(path, local_files_only=True)
-    return model.to(device or torch.device("cpu"))
+    model.to(device or torch.device("cpu"))  # type: ignore[arg-type]
+    return model
 
 
 def preset_summary(preset: str) -> dict[str, int]:

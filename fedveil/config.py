@@ -217,6 +217,14 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """A field's default value, whether given directly or through a factory."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    factory: Any = f.default_factory
+    return factory()
+
+
 def _fields(section: str) -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(SECTIONS[section])}
 
@@ -234,7 +242,7 @@ def _describe(f: dataclasses.Field[Any]) -> str:
 
 
 def _kind(f: dataclasses.Field[Any]) -> str:
-    default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    default = _default(f)
     if isinstance(default, tuple):
         return "list of " + ("integers" if default and isinstance(default[0], int) else "strings")
     return {bool: "boolean", int: "integer", float: "number", str: "string"}[type(default)]
@@ -243,7 +251,7 @@ def _kind(f: dataclasses.Field[Any]) -> str:
 def _coerce(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
     """Check one value against its field's type and constraints; return the typed value."""
     m = f.metadata
-    default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    default = _default(f)
     bad = ConfigError(f"{key} = {value!r} is not allowed; expected {_describe(f)}")
     if isinstance(default, tuple):
         if isinstance(value, str):  # the run_config form
@@ -402,7 +410,7 @@ def reference_markdown() -> str:
     lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for name in SECTIONS:
         for f in dataclasses.fields(SECTIONS[name]):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            default = _default(f)
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             lines.append(f"| `{name}.{f.name}` | `{shown!r}` | {_describe(f)} | {f.metadata['help']} |")
     return "\n".join(lines)
