@@ -91,4 +91,4 @@ def audit(msg: Message, context: Context) -> Message:
     return handle_audit(msg, context)
 
 
-__all__ = ["app", "ArrayRecord"]
+__all__ = ["ArrayRecord", "app"]

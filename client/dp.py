@@ -8,8 +8,9 @@ empty batch becomes an explicit noise-only step instead of a crash inside the mo
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -18,7 +18,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
 from client import he_client
-from client.dp import DPSession, Ledger, PrivacyBudgetExhausted, default_delta, plan_noise, poisson_batches, run_dp_steps
+from client.dp import (
+    DPSession,
+    Ledger,
+    PrivacyBudgetExhausted,
+    default_delta,
+    plan_noise,
+    poisson_batches,
+    run_dp_steps,
+)
 from client.protocol import ProtocolError, require_config, require_int, require_str
 from client.textdata import TokenisedRecords, client_texts, heldout_shard, public_corpus, tokenise, with_canaries
 from client.trainers import KDConfig, LMTrainer, OPDConfig, SFTConfig, TrainerConfig, heldout_nll, train_teacher
@@ -41,7 +49,7 @@ class NodeState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_context(cls, context: Context) -> "NodeState":
+    def from_context(cls, context: Context) -> NodeState:
         cfg = _config(tuple(sorted(context.run_config.items())))
         nc = context.node_config
         if "partition-id" not in nc:

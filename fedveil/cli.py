@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -38,12 +38,12 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def db_url(db: Optional[str]) -> str:
+def db_url(db: str | None) -> str:
     from fedveil.store import default_db_url
     return db or default_db_url()
 
 
-def open_store(db: Optional[str]) -> Any:
+def open_store(db: str | None) -> Any:
     from fedveil.store import Store, StoreError
     try:
         return Store(db_url(db))
@@ -52,10 +52,10 @@ def open_store(db: Optional[str]) -> Any:
 
 
 @app.command()
-def run(config: Optional[Path] = typer.Option(None, "-c", "--config", help=CONFIG_HELP),
+def run(config: Path | None = typer.Option(None, "-c", "--config", help=CONFIG_HELP),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-        db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
-        resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_ID",
+        db: str | None = typer.Option(None, "--db", help=DB_HELP),
+        resume: str | None = typer.Option(None, "--resume", metavar="RUN_ID",
                                              help="continue a failed or interrupted run from its last complete round "
                                                   "(its stored configuration is reused; epsilon continues)"),
         quiet: bool = typer.Option(False, "--quiet", help="do not stream Flower's logs")) -> None:
@@ -92,7 +92,7 @@ def run(config: Optional[Path] = typer.Option(None, "-c", "--config", help=CONFI
         fail(f"run {run_id} {result['run']['status']}: {result['run'].get('error') or f'flwr exit code {code}'}")
 
 
-def _resume_config(run_id: str, db: Optional[str]) -> Any:
+def _resume_config(run_id: str, db: str | None) -> Any:
     """The stored configuration of an unfinished run, marked for resumption."""
     import dataclasses
 
@@ -145,7 +145,7 @@ def _summary(result: dict[str, Any], url: str, wall: float, peak_mb: float) -> N
 
 @app.command()
 def runs(fmt: str = typer.Option("table", "--format", help="table or json"),
-         db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+         db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """List recorded runs."""
     rows = open_store(db).list_runs()
     if fmt == "json":
@@ -167,7 +167,7 @@ def runs(fmt: str = typer.Option("table", "--format", help="table or json"),
 @app.command()
 def show(run_id: str = typer.Argument(..., help="run id (see `fedveil runs`)"),
          fmt: str = typer.Option("table", "--format", help="table or json (shape documented in README)"),
-         db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+         db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Show one run: configuration, per-round metrics, privacy ledger, HE records and audits."""
     from fedveil.store import RunNotFound
     store = open_store(db)
@@ -189,7 +189,7 @@ def show(run_id: str = typer.Argument(..., help="run id (see `fedveil runs`)"),
 
 
 @app.command("config")
-def config_cmd(config: Optional[Path] = typer.Option(None, "-c", "--config", help=CONFIG_HELP),
+def config_cmd(config: Path | None = typer.Option(None, "-c", "--config", help=CONFIG_HELP),
                set_: list[str] = typer.Option([], "--set", help=SET_HELP),
                reference: bool = typer.Option(False, "--reference", help="print the key reference as Markdown"),
                flat: bool = typer.Option(False, "--flat", help="print Flower's flat run_config"),

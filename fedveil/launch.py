@@ -79,7 +79,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self.peak_ = max(self.peak_, self._used())
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 

@@ -6,7 +6,8 @@ guarantee does not cover.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fedveil.config import Config
 

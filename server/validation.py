@@ -26,7 +26,7 @@ class ArraySpec:
     shapes: dict[str, tuple[int, ...]]
 
     @classmethod
-    def of(cls, arrays: ArrayRecord) -> "ArraySpec":
+    def of(cls, arrays: ArrayRecord) -> ArraySpec:
         return cls({k: tuple(v.shape) for k, v in arrays.items()})
 
 

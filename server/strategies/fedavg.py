@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,7 @@ class PrivateFedAvg(FedAvg):
     # -- Flower hooks ----------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.round = RoundLog(started_at=datetime.now(timezone.utc), t0=time.perf_counter())
+        self.round = RoundLog(started_at=datetime.now(UTC), t0=time.perf_counter())
         if self.spec is None:
             self.spec = ArraySpec.of(arrays)
         messages = _renumber(super().configure_train(server_round, arrays, config, grid), self.round_offset)
@@ -242,7 +242,7 @@ class PrivateFedAvg(FedAvg):
             save_arrays(self._latest, self.checkpoint, server_round)
         self.store.record_round(
             self.run_id, server_round, status=status, started_at=r.started_at,
-            finished_at=datetime.now(timezone.utc), num_sampled=r.sampled, num_replied=r.replied,
+            finished_at=datetime.now(UTC), num_sampled=r.sampled, num_replied=r.replied,
             num_failed=sum(1 for e in r.events if e.kind in ("failed", "dropped", "refused-budget")),
             num_rejected=sum(1 for e in r.events if e.kind == "rejected"),
             metrics=r.metrics + [MetricRow("round-seconds", time.perf_counter() - r.t0, server_round)],

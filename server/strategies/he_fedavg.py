@@ -11,8 +11,9 @@ the round goes on with the others.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
@@ -22,8 +23,15 @@ from fedveil.config import Config
 from fedveil.store import HERow, MetricRow
 from privacy.he.errors import CiphertextError
 from privacy.he.keys import load_public_context
-from privacy.he.packing import (EncryptedPayload, payload_from_arrays, payload_nbytes, payload_to_arrays, specs_of,
-                                sum_payloads, validate_payload)
+from privacy.he.packing import (
+    EncryptedPayload,
+    payload_from_arrays,
+    payload_nbytes,
+    payload_to_arrays,
+    specs_of,
+    sum_payloads,
+    validate_payload,
+)
 from server.strategies.fedavg import PrivateFedAvg
 from server.validation import RejectedReply
 

@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from fedveil.config import (Config, ConfigError, from_dict, from_run_config, load_config, reference_markdown,
-                            to_dict, to_flower_tables, to_run_config)
+from fedveil.config import (
+    Config,
+    ConfigError,
+    from_dict,
+    from_run_config,
+    load_config,
+    reference_markdown,
+    to_dict,
+    to_flower_tables,
+    to_run_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

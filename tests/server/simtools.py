@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-
 FEDVEIL = str(Path(sys.executable).with_name("fedveil"))
 SMALL = """
 [run]

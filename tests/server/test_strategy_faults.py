@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,7 @@ def strategy(tmp_path: Path) -> tuple[PrivateFedAvg, Store, str]:
     s = PrivateFedAvg(store=store, run_id=run_id, node_to_client={i: i for i in range(6)}, min_clients=2,
                       max_payload_bytes=10_000, max_grad_norm=1.0)
     s.spec = __import__("server.validation", fromlist=["ArraySpec"]).ArraySpec(dict(SHAPES))
-    s.round = RoundLog(started_at=datetime.now(timezone.utc), t0=0.0)
+    s.round = RoundLog(started_at=datetime.now(UTC), t0=0.0)
     s._sampled_nodes = set(range(6))
     return s, store, run_id
 
@@ -147,7 +147,7 @@ def test_tampered_ciphertext_is_rejected_by_he_strategy(tmp_path: Path) -> None:
                               num_clients=3, num_rounds=1, seed=0)
     s = HEFedAvg(cfg=cfg, run_dir=tmp_path, template=_arrays(0.0), store=store, run_id=run_id, node_to_client={0: 0, 1: 1, 2: 2},
                  min_clients=2, max_payload_bytes=10**8, max_grad_norm=1.0)
-    s.round = RoundLog(started_at=datetime.now(timezone.utc), t0=0.0)
+    s.round = RoundLog(started_at=datetime.now(UTC), t0=0.0)
     s._sampled_nodes = {0, 1, 2}
     secret = load_secret_context(keys / "secret.ctx")
     replies = []
