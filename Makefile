@@ -24,6 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+dashboard: $(STAMP)
+	$(BIN)/fedveil dashboard
+
 lint: $(STAMP)
 	$(BIN)/ruff check fedveil server client privacy distill dashboard tests bench
 

@@ -212,6 +212,16 @@ def config_cmd(config: Path | None = typer.Option(None, "-c", "--config", help=C
     print(json.dumps(to_run_config(cfg), indent=2) if flat else tomli_w.dumps(to_dict(cfg)))
 
 
+@app.command()
+def dashboard(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+              port: int = typer.Option(8501, "--port", help="TCP port"),
+              address: str = typer.Option("127.0.0.1", "--address",
+                                          help="interface to bind (0.0.0.0 = all; the audit page shows canaries)")) -> None:
+    """Start the Streamlit dashboard over the store (read-only)."""
+    from fedveil.dashboard_cmd import launch
+    raise typer.Exit(launch(db_url(db), port, address=address))
+
+
 @keys_app.command("init")
 def keys_init(out: Path = typer.Option(..., "--out", help="directory for secret.ctx, public.ctx, manifest.json"),
               profile: str = typer.Option("compact", "--profile", help="CKKS profile: compact or conservative")) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAIL_MESSAGE, FAILED_RUN, RUNNING_RUN, TEXT_RUN, add_text_round
+from tests.dashboard.store_data import FAIL_MESSAGE, FAILED_RUN, RUNNING_RUN, TEXT_RUN, add_text_round
 
 from fedveil.dashboard_cmd import start
 from fedveil.store import Store

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import DIGITS_RUN, TEXT_RUN
+from tests.dashboard.store_data import DIGITS_RUN, TEXT_RUN
 
 from dashboard.audit_frames import (
     bounds_frame,
@@ -90,7 +90,8 @@ def test_audit_frames(details: dict[str, dict]) -> None:
     mem = memorisation_frame(text)
     assert mem["kind"].tolist()[:4] == ["teacher", "student", "global", "finetuned"]
     assert mem["rate_pct"].tolist()[:4] == pytest.approx([12.5, 3.125, 1.5625, 12.5])
-    assert mem["inherited"].tolist()[:4] == [None, 1, 0, 0] and mem["approx_pct"].iloc[0] == pytest.approx(16.5)
+    assert mem["inherited"].tolist()[1:4] == [1, 0, 0] and pd.isna(mem["inherited"].iloc[0])
+    assert mem["approx_pct"].iloc[0] == pytest.approx(16.5)
     assert distillation_reduction(mem) == pytest.approx(75.0)
     mia = mia_frame(text)
     assert len(mia) == 16 and set(mia["attack"]) == {"loss", "zlib"} and mia["tpr_01pct"].isna().all()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import DIGITS_RUN, FAIL_MESSAGE, FAILED_RUN, RUNNING_RUN, TEXT_RUN, fill_digits_run
+from tests.dashboard.store_data import DIGITS_RUN, FAIL_MESSAGE, FAILED_RUN, RUNNING_RUN, TEXT_RUN, fill_digits_run
 from streamlit.testing.v1 import AppTest
 
 from fedveil.store import Store, sqlite_url
@@ -42,7 +42,8 @@ def metrics(at: AppTest) -> dict[str, str]:
 
 def texts(at: AppTest) -> str:
     """All markdown-like text of the page, for substring checks."""
-    parts = [getattr(e, "value", "") for kind in ("markdown", "caption", "info", "warning", "error", "success") for e in at.get(kind)]
+    kinds = ("markdown", "caption", "info", "warning", "error", "success")
+    parts = [getattr(e, "value", "") for kind in kinds for e in at.get(kind)]
     return "\n".join(str(p) for p in parts)
 
 
