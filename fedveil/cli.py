@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedveil.audit_cmd import audit_command
 from fedveil.config import ConfigError, load_config, reference_markdown, to_dict, to_run_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -137,7 +138,18 @@ def _summary(result: dict[str, Any], url: str, wall: float, peak_mb: float) -> N
     for client, e in sorted(eps.items()):
         table.add_row(f"epsilon, client {client}", f"{e:.3f}")
     for a in result.get("epsilon_bounds", []):
-        table.add_row(f"empirical eps_LB ({a['method']})", f"{a['epsilon_lb']:.3f}")
+        model = (a.get("details") or {}).get("model", "?")
+        flag = "  [red]exceeds claim[/]" if a.get("flagged") else ""
+        table.add_row(f"eps_LB {a['method']}, client {a['client_index']} {model}",
+                      f"{a['epsilon_lb']:.3f} (eps {a['accountant_epsilon'] or 0:.3f}){flag}")
+    audits = result.get("audits", [])
+    exposures = [e for a in audits for e in a.get("exposures", [])]
+    if exposures:
+        worst = max(exposures, key=lambda e: e["exposure_rank"])
+        table.add_row("worst canary exposure (rank)", f"{worst['exposure_rank']:.2f} bits, x{worst['repetitions']}")
+    for a in audits:
+        if a["kind"] == "memorisation" and a["summary"].get("rate") is not None:
+            table.add_row(f"memorised, client {a['client_index']} {a['model']}", f"{a['summary']['rate']:.3f}")
     table.add_row("wall time", f"{wall:.1f} s")
     table.add_row("peak memory increase", f"{peak_mb:.0f} MiB")
     console.print(table)
@@ -213,13 +225,16 @@ def config_cmd(config: Path | None = typer.Option(None, "-c", "--config", help=C
 
 
 @app.command()
-def dashboard(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+def dashboard(db: str | None = typer.Option(None, "--db", help=DB_HELP),
               port: int = typer.Option(8501, "--port", help="TCP port"),
               address: str = typer.Option("127.0.0.1", "--address",
                                           help="interface to bind (0.0.0.0 = all; the audit page shows canaries)")) -> None:
     """Start the Streamlit dashboard over the store (read-only)."""
     from fedveil.dashboard_cmd import launch
     raise typer.Exit(launch(db_url(db), port, address=address))
+
+
+app.command("audit")(audit_command)
 
 
 @keys_app.command("init")

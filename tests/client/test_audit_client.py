@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,12 +20,14 @@ from client.app import app as client_app
 from client.audit_client import parse_kinds
 from client.audit_measures import AuditData, audit_client_models, client_canaries
 from client.dp import DPSession, Ledger, poisson_batches, run_dp_steps
+from client.he_client import is_encrypted
 from client.protocol import ProtocolError
 from client.textdata import client_texts, heldout_shard, public_corpus, tokenise, with_canaries
 from client.trainers import LMTrainer, SFTConfig, train_teacher
 from distill.models import build_lm
 from distill.tokenizer import tokenizer_from_json, tokenizer_to_json, train_tokenizer
 from fedveil.config import load_config, to_run_config
+from privacy.he.keys import write_keys
 from privacy.audit.plan import (
     EXPOSURE_FORMATS,
     ONE_RUN_CANARIES,
@@ -36,15 +39,15 @@ from privacy.audit.plan import (
 
 SMALL = ["federation.clients=2", "federation.rounds=1", "data.records_per_client=24", "data.public_records=200",
          "data.heldout_records=16", "data.vocab_size=400", "train.local_steps=2", "train.batch_size=8",
-         "train.teacher_steps=3", "train.method=dp-kd", "audit.n_references=64"]
+         "train.teacher_steps=3", "train.method=dp-kd", "audit.n_references=64", "he.enabled=false"]
 
 
 @pytest.fixture(scope="module")
-def tok() -> object:
+def tok() -> Any:
     return train_tokenizer(public_corpus(0, 200), vocab_size=400)
 
 
-def test_plan_is_deterministic_and_only_for_canary_clients(tok: object) -> None:
+def test_plan_is_deterministic_and_only_for_canary_clients(tok: Any) -> None:
     cfg = load_config(None, [*SMALL, "audit.canary_clients=1"])
     encode = training_encode(tok)
     plan = run_canary_plan(cfg, encode)
@@ -79,21 +82,25 @@ def test_parse_kinds_refuses_unknown() -> None:
         parse_kinds("exposure,leak")
 
 
-def _message(kind: str, arrays: ArrayRecord, tok: object, **extra: str | int) -> Message:
+def _message(kind: str, arrays: ArrayRecord, tok: Any, **extra: str | int) -> Message:
     tj = tokenizer_to_json(tok)
-    conf = ConfigRecord({"server-round": 1, "he-scale": 48.0, "tokenizer-sha256": hashlib.sha256(tj.encode()).hexdigest(),
-                         **extra})
+    digest = hashlib.sha256(tj.encode()).hexdigest()
+    conf = ConfigRecord({"server-round": 1, "he-scale": 48.0, "tokenizer-sha256": digest, **extra})
     return Message(RecordDict({"config": conf, "arrays": arrays}), dst_node_id=11, message_type=kind)
 
 
-def test_audit_query_replies_numbers_only(tok: object, tmp_path: Path) -> None:
-    cfg = load_config(None, [*SMALL, "data.max_length=112", f"run.run_dir='{tmp_path}'", "run.run_id='r1'"])
+def test_audit_query_replies_numbers_only(tok: Any, tmp_path: Path) -> None:
+    # Under HE (the default) the audit query carries a CKKS aggregate that the client decrypts.
+    write_keys(tmp_path / "keys", "compact")
+    cfg = load_config(None, [*SMALL, "data.max_length=112", f"run.run_dir='{tmp_path}'", "run.run_id='r1'",
+                             "he.enabled=true", f"he.key_dir='{tmp_path / 'keys'}'"])
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 11, 1
     ctx = Context(run_id=1, node_id=11, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
                   run_config=to_run_config(cfg))  # type: ignore[arg-type]
     ctx.state.config_records["tokenizer"] = ConfigRecord({"json": tokenizer_to_json(tok)})
     reply = client_app(_message("train", ArrayRecord(build_lm(cfg.model.student, len(tok)).state_dict()), tok), ctx)
-    arrays = reply.content.array_records["arrays"]
+    arrays = reply.content.array_records["arrays"]  # encrypted; a one-client sum is the aggregate itself
+    assert is_encrypted(arrays)
 
     reply = client_app(_message("query.audit", arrays, tok, kinds="exposure,memorisation,mia,epsilon"), ctx)
     record = reply.content.config_records["audit"]
@@ -103,7 +110,7 @@ def test_audit_query_replies_numbers_only(tok: object, tmp_path: Path) -> None:
     for canary in plan:  # ids and numbers only: no canary text, no secret, no template
         assert canary.secret not in raw and canary.text not in raw
     assert EXPOSURE_FORMATS[0].prefix.strip() not in raw
-    result = {k: json.loads(v) for k, v in record.items()}
+    result = {k: json.loads(str(v)) for k, v in record.items()}
     models = {"teacher", "student", "global", "finetuned"}
     assert set(result["meta"]["models"]) == models and result["meta"]["dp_steps"] == 2
 
@@ -121,6 +128,10 @@ def test_audit_query_replies_numbers_only(tok: object, tmp_path: Path) -> None:
         assert eps["clopper_pearson"]["epsilon_lb"] >= 0.0 and eps["one_run"]["m"] == ONE_RUN_CANARIES
         assert eps["dp_claimed"] == (model in ("student", "global"))
     assert "inherited_from_teacher" in result["memorisation"]["global"]
+    # The decrypted global student is this client's own update (up to CKKS error): same exposures.
+    local = {r["canary_id"]: r["log_perplexity_bits"] for r in result["exposure"]["student"]["rows"]}
+    glob = {r["canary_id"]: r["log_perplexity_bits"] for r in result["exposure"]["global"]["rows"]}
+    assert glob == pytest.approx(local, abs=0.05)
     for name in ("teacher", "student"):
         assert (tmp_path / "r1" / "clients" / "0" / name / "config.json").is_file()
 
@@ -129,12 +140,12 @@ def test_audit_query_replies_numbers_only(tok: object, tmp_path: Path) -> None:
 
 ISSUE = ["federation.clients=2", "data.records_per_client=24", "data.public_records=200", "data.heldout_records=64",
          "data.max_length=32", "data.vocab_size=400", "audit.canary_repetitions=[16]", "audit.canaries_per_setting=4",
-         "audit.n_references=256"]
+         "audit.n_references=256", "he.enabled=false"]
 STEPS = 80
 
 
 @pytest.fixture(scope="module")
-def issue_setup(tok: object) -> tuple:
+def issue_setup(tok: Any) -> tuple:
     cfg = load_config(None, ISSUE)
     encode = training_encode(tok)
     plan = run_canary_plan(cfg, encode)
@@ -149,7 +160,7 @@ def _sixteen_fold(result: dict) -> list[float]:
     return [r["rank_exposure"] for r in result["exposure"]["global"]["rows"] if r["repetitions"] == 16]
 
 
-def test_non_private_model_exposes_16_fold_canaries(tok: object, issue_setup: tuple) -> None:
+def test_non_private_model_exposes_16_fold_canaries(tok: Any, issue_setup: tuple) -> None:
     _, train, data = issue_setup
     model = build_lm("student-xs", len(tok), seed=0)
     train_teacher(model, train, steps=STEPS, lr=3e-3, batch_size=16, rng=np.random.default_rng(0),
@@ -161,7 +172,7 @@ def test_non_private_model_exposes_16_fold_canaries(tok: object, issue_setup: tu
     assert eps["clopper_pearson"]["epsilon_lb"] > 0 and eps["one_run"]["epsilon_lb"] > 0
 
 
-def test_strongly_private_model_shows_low_exposure(tok: object, issue_setup: tuple) -> None:
+def test_strongly_private_model_shows_low_exposure(tok: Any, issue_setup: tuple) -> None:
     _, train, data = issue_setup
     model = build_lm("student-xs", len(tok), seed=0)
     gen = torch.Generator().manual_seed(0)
@@ -173,10 +184,10 @@ def test_strongly_private_model_shows_low_exposure(tok: object, issue_setup: tup
                         rng=rng)
     ledger = Ledger("prv")
     run_dp_steps(session, poisson_batches(len(train), q, STEPS, rng), lambda idx: trainer.loss(session, idx), ledger, q)
-    model = session.close()
+    private = session.close()
     epsilon = ledger.epsilon(1e-5)
     assert epsilon < 0.5
-    result = audit_client_models({"global": model}, data, ("exposure", "epsilon"))
+    result = audit_client_models({"global": private}, data, ("exposure", "epsilon"))
     assert float(np.mean(_sixteen_fold(result))) < 0.5 * math.log2(256)
     eps = result["epsilon"]["global"]
     assert eps["clopper_pearson"]["epsilon_lb"] <= epsilon and eps["one_run"]["epsilon_lb"] <= epsilon
