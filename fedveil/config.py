@@ -169,7 +169,7 @@ class AuditConfig:
     canaries_per_setting: int = _opt(1, "canaries per (client, repetition) setting", lo=0)
     canary_clients: int = _opt(1, "how many clients receive canaries", lo=0)
     n_references: int = _opt(2000, "reference candidates per canary format", lo=16)
-    every_round: bool = _opt(False, "also audit after every round")
+    every_round: bool = _opt(False, "also audit the global student's canary exposure after every round (HE off)")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from distill.models import build_lm
 from distill.tokenizer import save_tokenizer, tokenizer_to_json, train_tokenizer
 from fedveil.config import Config, from_run_config, to_dict
 from fedveil.store import Store, default_db_url
-from server.audits import run_audits
+from server.audits import round_audit_fn, run_audits
 from server.statement import privacy_statement
 from server.strategies.fedavg import PrivateFedAvg, load_arrays
 
@@ -144,7 +144,10 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
         strategy = HEFedAvg(cfg=cfg, run_dir=run_dir, template=template, **kwargs)  # type: ignore[arg-type]
     else:
         strategy = PrivateFedAvg(**kwargs)  # type: ignore[arg-type]
+    per_round = round_audit_fn(cfg, store, run_id, tokenizer)  # None unless audit.every_round (and HE off)
+    evaluate_fn = None if per_round is None else (lambda r, arrays: per_round(r + done, arrays))
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds - done, timeout=fed.round_timeout,
+                            evaluate_fn=evaluate_fn,
                             train_config=ConfigRecord(common), evaluate_config=ConfigRecord(common))
     final = result.arrays
     if final is not None and cfg.he.enabled:  # under HE the server holds only ciphertext: keep that
