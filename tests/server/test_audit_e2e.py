@@ -144,3 +144,33 @@ def test_round_audit_stores_global_exposure_and_never_raises(tmp_path: Path) -> 
         assert [(e["kind"], e["server_round"]) for e in shown["events"]] == [("failed", 2)]
         assert round_audit_fn(load_config(None, ["he.enabled=false"]), store, run_id, tok) is None  # not configured
         assert round_audit_fn(load_config(None, ["audit.every_round=true"]), store, run_id, tok) is None  # HE on
+
+
+AUDIT_TABLES = {"canaries", "audits", "exposures", "epsilon_bounds", "alembic_version"}
+
+
+@pytest.mark.slow
+def test_no_secrets_in_logs_or_non_audit_tables(audited_run: tuple[str, str, dict]) -> None:
+    """Issue 10: no private record, PII value or canary secret in the run's log or the store's non-audit tables."""
+    import sqlite3
+
+    from distill.data import generate_private_records
+    from fedveil.config import from_dict
+
+    db, run_id, shown = audited_run
+    cfg = from_dict(shown["run"]["config"])
+    log_text = (Path(shown["run"]["run_dir"]).parent / f"{run_id}.log").read_text(errors="replace")
+    con = sqlite3.connect(db.removeprefix("sqlite:///"))
+    tables = [t for (t,) in con.execute("select name from sqlite_master where type='table'") if t not in AUDIT_TABLES]
+    dump = "\n".join(repr(row) for t in tables for row in con.execute(f"select * from {t}"))  # noqa: S608
+    con.close()
+    records = generate_private_records(cfg.data.records_per_client * cfg.federation.clients, cfg.run.seed,
+                                       kind=cfg.data.kind)  # type: ignore[arg-type]
+    secrets = [record.text[s:e] for record in records for s, e, kind in record.spans
+               if kind in ("EMAIL_ADDRESS", "US_SSN", "CREDIT_CARD", "PHONE_NUMBER", "ACCOUNT_NUMBER")]
+    secrets += [c["secret"] for c in shown["canaries"]]
+    secrets += [r.text[:60] for r in records]
+    assert len(secrets) > 50
+    for where, text in (("log", log_text), ("store", dump)):
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"{len(leaked)} secrets found in the {where}, e.g. {leaked[0]!r}"

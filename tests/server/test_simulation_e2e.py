@@ -64,8 +64,16 @@ def test_he_run_matches_plaintext_run(small_run: tuple[Path, str, str]) -> None:
     assert all(r["max_abs_error"] is not None and r["max_abs_error"] < 1e-4 for r in server)
     bpv = [m["value"] for m in he["metrics"] if m["name"] == "he-bytes-per-value"]
     assert bpv and all(v < 17.5 for v in bpv)  # compact profile: ~16.6 bytes per value
-    # The server process never had a secret key: only public.ctx is in its key dir's use; no plaintext global.
+    # The server holds only ciphertext: no plaintext global model is written.
     assert not any(a["kind"] == "global-student" for a in he["artifacts"])
+    # No fragment of the secret context reaches the store or the run's log.
+    secret = (Path(he["run"]["config"]["he"]["key_dir"]) / "secret.ctx").read_bytes()
+    assert oct((Path(he["run"]["config"]["he"]["key_dir"]) / "secret.ctx").stat().st_mode & 0o777) == "0o600"
+    stored = Path(db.removeprefix("sqlite:///")).read_bytes()
+    log_bytes = (Path(he["run"]["run_dir"]).parent / f"{he['run']['id']}.log").read_bytes()
+    for start in range(len(secret) // 4, len(secret) - 64, len(secret) // 8):
+        window = secret[start:start + 48]
+        assert window not in stored and window not in log_bytes
 
 
 def test_wrong_config_key_is_one_line(tmp_path: Path) -> None:
