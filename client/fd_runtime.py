@@ -281,5 +281,14 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-__all__ = ["handle_hello", "handle_train", "handle_evaluate", "received_targets", "clean_targets",
-           "soft_label_upload", "encode_upload", "secret_context_path", "PrivacyBudgetExhausted"]
+__all__ = [
+    "PrivacyBudgetExhausted",
+    "clean_targets",
+    "encode_upload",
+    "handle_evaluate",
+    "handle_hello",
+    "handle_train",
+    "received_targets",
+    "secret_context_path",
+    "soft_label_upload",
+]

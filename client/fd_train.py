@@ -3,8 +3,8 @@
 With ``privacy.enabled`` every step on private records is DP-SGD (Opacus, Poisson sampling,
 planned σ), so the classifier — and the soft labels computed from it, a post-processing — are
 covered by the client's ε.  The distillation term only sees public proxy samples and public
-aggregated targets, so its steps run without clipping or noise between the DP steps and cost no
-ε (:func:`_dp_epochs`).  Without DP the joint-loss library loops of :mod:`distill.classifier`
+aggregated targets, so its exact gradient joins each noised step without clipping or noise and
+costs no ε (:func:`_dp_epochs`).  Without DP the joint-loss library loops of :mod:`distill.classifier`
 run instead (one step = one private batch + one proxy batch, ``CE + μ·τ²·KL``).
 """
 
@@ -19,7 +19,16 @@ import numpy.typing as npt
 import torch
 from flwr.app import Context
 
-from client.dp import DPPlan, DPSession, Ledger, PrivacyBudgetExhausted, default_delta, plan_noise, poisson_batches, run_dp_steps
+from client.dp import (
+    DPPlan,
+    DPSession,
+    Ledger,
+    PrivacyBudgetExhausted,
+    default_delta,
+    plan_noise,
+    poisson_batches,
+    run_dp_steps,
+)
 from client.protocol import ProtocolError
 from distill.classifier import train_distill_epochs, train_epochs
 from distill.digits import ClientData, DigitsTask, client_splits, load_digits_task
@@ -116,25 +125,16 @@ def dp_plan(cfg: Config, n_records: int) -> DPPlan | None:
                  p.max_grad_norm, p.accountant)
 
 
-def _public_kd_step(model: torch.nn.Module, opt: torch.optim.Optimizer, Xp: torch.Tensor, Tp: torch.Tensor,
-                    mu: float, temperature: float) -> None:
-    """One plain Adam step on ``μ·mean τ²·KL(ŷ || softmax(f(x)/τ))`` over public proxy rows (§6)."""
-    loss = mu * kd_per_example(model(Xp), Tp, temperature).mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
 def _dp_epochs(model: torch.nn.Module, node: DigitsNode, epochs: int, plan: DPPlan, ledger: Ledger,
                proxy: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None,
                rng: np.random.Generator, seed: int) -> tuple[list[float], int, str]:
-    """DP-SGD on private CE, each step followed by public KD steps that cover the voted proxy once per epoch.
+    """DP-SGD steps on ``CE(private) + μ·τ²·KL(proxy)`` where only the private part is clipped and noised (§2, §6).
 
-    Only the private steps touch private records, so only they are clipped, noised and counted by
-    the ledger; a KD step on public proxy samples with public targets is post-processing of the
-    current (DP) model and costs no ε.  Opacus' hooks are off during KD steps, which use their own
-    Adam, so nothing of them enters a DP step.
+    The private CE of a Poisson batch goes through DP-SGD (clip, sum, Gaussian noise, /B).  The
+    distillation term sees only public proxy samples and public aggregated targets, so its exact
+    gradient is added to the noised one (Opacus' step hook, between noising and the Adam step):
+    post-processing, no ε.  Each step takes ``⌈P'/steps per epoch⌉`` voted proxy samples, so an
+    epoch covers them once.  Noise-only steps (empty Poisson batches) carry no distillation term.
     """
     cfg, fd = node.cfg, node.cfg.fd
     X = torch.as_tensor(node.data.X, dtype=torch.float32)
@@ -143,31 +143,34 @@ def _dp_epochs(model: torch.nn.Module, node: DigitsNode, epochs: int, plan: DPPl
     gen = torch.Generator().manual_seed(seed)
     session = DPSession(model, lr=fd.lr, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
                         expected_batch_size=fd.batch_size, mode=cfg.privacy.grad_sample_mode, generator=gen)
-    after_step = None
     if proxy is not None:
         Xp = torch.as_tensor(proxy[0], dtype=torch.float32)
         Tp = torch.as_tensor(proxy[1], dtype=torch.float32)
-        kd_per_dp = max(1, math.ceil(math.ceil(len(Xp) / fd.batch_size) / per_epoch))
-        kd_opt = torch.optim.Adam(model.parameters(), lr=fd.lr)
+        params = [p for p in model.parameters() if p.requires_grad]
+        per_step = math.ceil(len(Xp) / per_epoch)
         queue: list[np.ndarray] = []
 
-        def after_step(_: int, __: float) -> None:
+        def add_public_kd(_: torch.optim.Optimizer) -> None:
+            if not queue:
+                perm = rng.permutation(len(Xp))
+                queue.extend(perm[s : s + per_step] for s in range(0, len(Xp), per_step))
+            j = torch.as_tensor(queue.pop(0))
             session.module.disable_hooks()  # type: ignore[operator]
-            for _k in range(kd_per_dp):
-                if not queue:
-                    perm = rng.permutation(len(Xp))
-                    queue.extend(perm[s : s + fd.batch_size] for s in range(0, len(Xp), fd.batch_size))
-                j = torch.as_tensor(queue.pop(0))
-                _public_kd_step(model, kd_opt, Xp[j], Tp[j], fd.mu, fd.temperature)
+            kd = fd.mu * kd_per_example(model(Xp[j]), Tp[j], fd.temperature).mean()
+            grads = torch.autograd.grad(kd, params)
             session.module.enable_hooks()  # type: ignore[operator]
+            for p, g in zip(params, grads):
+                assert p.grad is not None
+                p.grad.add_(g)
+
+        session.optimizer.attach_step_hook(add_public_kd)  # type: ignore[attr-defined]
 
     def loss_fn(idx: np.ndarray) -> torch.Tensor:
         ix = torch.as_tensor(idx)
         return torch.nn.functional.cross_entropy(session.module(X[ix]), y[ix], reduction="none")
 
     batches = poisson_batches(len(y), plan.sample_rate, epochs * per_epoch, rng)
-    # run_dp_steps calls `progress` after every DP step (empty batches included): the KD steps ride on it.
-    losses = run_dp_steps(session, batches, loss_fn, ledger, plan.sample_rate, progress=after_step)
+    losses = run_dp_steps(session, batches, loss_fn, ledger, plan.sample_rate)
     session.close()
     return losses, sum(1 for b in batches if len(b) == 0), session.mode
 

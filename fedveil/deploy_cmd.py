@@ -15,7 +15,6 @@ import tomllib
 import uuid
 from pathlib import Path
 from types import FrameType
-from typing import Optional
 
 import typer
 
@@ -33,7 +32,7 @@ def _group() -> None:
     """Run on Flower's Deployment Engine (SuperLink + SuperNodes, TLS, node auth)."""
 
 
-def _sets_key(config: Optional[Path], sets: list[str], section: str, key: str) -> bool:
+def _sets_key(config: Path | None, sets: list[str], section: str, key: str) -> bool:
     """Whether the user chose ``section.key`` themselves (in the file or with --set)."""
     if any(s.split("=", 1)[0].strip() == f"{section}.{key}" for s in sets):
         return True
@@ -47,7 +46,7 @@ def _sets_key(config: Optional[Path], sets: list[str], section: str, key: str) -
     return isinstance(body, dict) and key in body
 
 
-def deploy_config(config: Optional[Path], sets: list[str], *, nodes: int, rounds: Optional[int]) -> Config:
+def deploy_config(config: Path | None, sets: list[str], *, nodes: int, rounds: int | None) -> Config:
     """The experiment for a deployment of ``nodes`` SuperNodes.
 
     HE is on unless the user turned it off; ``federation.clients`` is the number of nodes and
@@ -77,21 +76,21 @@ def deploy_config(config: Optional[Path], sets: list[str], *, nodes: int, rounds
     return cfg
 
 
-def _raise_interrupt(signum: int, frame: Optional[FrameType]) -> None:
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 @deploy_app.command("local")
 def local(nodes: int = typer.Option(2, "--nodes", help=f"SuperNodes to start (1 to {MAX_LOCAL_NODES})"),
-          config: Optional[Path] = typer.Option(None, "-c", "--config", help="TOML config file (default: the defaults)"),
+          config: Path | None = typer.Option(None, "-c", "--config", help="TOML config file (default: defaults)"),
           set_: list[str] = typer.Option([], "--set", help="override one key, e.g. --set he.enabled=false"),
-          db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL of the store"),
-          rounds: Optional[int] = typer.Option(None, "--rounds", help="federated rounds (federation.rounds)"),
-          work: Optional[Path] = typer.Option(None, "--work", help="deployment directory (default: "
+          db: str | None = typer.Option(None, "--db", help="SQLAlchemy URL of the store"),
+          rounds: int | None = typer.Option(None, "--rounds", help="federated rounds (federation.rounds)"),
+          work: Path | None = typer.Option(None, "--work", help="deployment directory (default: "
                                               "<run_dir>/deploy-<run_id>): keys, logs, FLWR_HOME, node files"),
           device: str = typer.Option("auto", "--device", help="the nodes' device node config: auto, cpu or cuda"),
-          timeout: Optional[float] = typer.Option(None, "--timeout", help="give up on `flwr run` after this many s"),
-          quiet: bool = typer.Option(False, "--quiet", help="write Flower's run log to the work dir, not here")) -> None:
+          timeout: float | None = typer.Option(None, "--timeout", help="give up on `flwr run` after this many s"),
+          quiet: bool = typer.Option(False, "--quiet", help="write Flower's log to the work dir, not here")) -> None:
     """Deploy on loopback: TLS SuperLink, authenticated SuperNodes, HE keys; run, record, stop."""
     from fedveil.cli import _summary, console, db_url, fail, open_store
     from fedveil.deploy_local import DeploymentError, LocalDeployment
@@ -128,7 +127,7 @@ def local(nodes: int = typer.Option(2, "--nodes", help=f"SuperNodes to start (1 
         fail(str(exc))
     except KeyboardInterrupt:
         console.print("interrupted; every process this deployment started has been stopped")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     wall = time.perf_counter() - t0

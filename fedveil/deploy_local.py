@@ -19,6 +19,7 @@ the deployment's ``FLWR_HOME`` (Flower's SuperExec detaches into its own session
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -96,15 +97,11 @@ class Processes:
         if m is None:
             return
         _signal_group(m.proc.pid, sig)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             m.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
         _signal_group(m.proc.pid, signal.SIGKILL)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a process stuck in the kernel
             m.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a process that ignores SIGKILL
-            pass
 
     def stop_all(self, grace: float = 10.0) -> None:
         # Nodes first, so they do not spin reconnecting to a SuperLink that is already gone.
@@ -113,10 +110,8 @@ class Processes:
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @dataclass(frozen=True)
@@ -166,7 +161,7 @@ class LocalDeployment:
         self.specs: list[NodeSpec] = []
 
     # -- context management ---------------------------------------------------------------
-    def __enter__(self) -> "LocalDeployment":
+    def __enter__(self) -> LocalDeployment:
         return self
 
     def __exit__(self, *exc: object) -> None:

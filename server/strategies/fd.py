@@ -18,7 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -107,7 +107,7 @@ class SoftLabelFD(PrivateFedAvg):
 
     def open_round(self, sampled_nodes: Iterable[int]) -> None:
         """Start a round's log without a Grid (what ``configure_train`` does; used by direct tests)."""
-        self.round = RoundLog(started_at=datetime.now(timezone.utc), t0=time.perf_counter())
+        self.round = RoundLog(started_at=datetime.now(UTC), t0=time.perf_counter())
         self._sampled_nodes = set(sampled_nodes)
         self.round.sampled = len(self._sampled_nodes)
 

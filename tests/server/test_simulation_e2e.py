@@ -69,7 +69,8 @@ def test_he_run_matches_plaintext_run(small_run: tuple[Path, str, str]) -> None:
     # No fragment of the secret context reaches the store or the run's log.
     secret = (Path(he["run"]["config"]["he"]["key_dir"]) / "secret.ctx").read_bytes()
     assert oct((Path(he["run"]["config"]["he"]["key_dir"]) / "secret.ctx").stat().st_mode & 0o777) == "0o600"
-    stored = Path(db.removeprefix("sqlite:///")).read_bytes()
+    db_file = Path(db.removeprefix("sqlite:///"))
+    stored = b"".join(p.read_bytes() for p in (db_file, db_file.with_name(db_file.name + "-wal")) if p.exists())
     log_bytes = (Path(he["run"]["run_dir"]).parent / f"{he['run']['id']}.log").read_bytes()
     for start in range(len(secret) // 4, len(secret) - 64, len(secret) // 8):
         window = secret[start:start + 48]
