@@ -24,7 +24,7 @@ import json
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -35,10 +35,11 @@ from client.dp import Ledger, PrivacyBudgetExhausted
 from client.fd_train import DigitsNode, dp_plan, fit_filter, load_node, train_classifier
 from client.protocol import ProtocolError, require_config, require_int
 from distill.classifier import MLPClassifier, accuracy, make_classifier, predict_logits
-from distill.fd import SwingParams, aggregate_soft_labels, client_soft_labels
+from distill.fd import SwingLike, SwingParams, aggregate_soft_labels, client_soft_labels
 from distill.kmeans_filter import KMeansDensityFilter
 
 SOFT_LABEL_MODES = ("fd", "fd-kmeans")
+MetricValue = int | float | list[int] | list[float]
 LABELS, VOTES = "labels", "votes"
 SUMS, COUNTS = "label-sums", "vote-counts"
 
@@ -150,10 +151,12 @@ def soft_label_upload(node: DigitsNode, model: torch.nn.Module, filt: KMeansDens
     cfg, X_proxy = node.cfg, node.task.X_proxy
     accept = filt.in_distribution(X_proxy) if cfg.fd.mode == "fd-kmeans" and filt is not None \
         else np.ones(len(X_proxy), dtype=bool)
-    swing, privacy = None, None
+    swing: SwingLike | None = None
+    privacy = None
     if cfg.distill.swing and filt is not None:
         d = cfg.distill
-        swing = SwingParams(tau0=d.tau0, tau_max=d.tau_max, s0=d.noise_s0, s1=d.noise_s1)
+        # A frozen dataclass has read-only fields, which mypy does not match to SwingLike's attributes.
+        swing = cast(SwingLike, SwingParams(tau0=d.tau0, tau_max=d.tau_max, s0=d.noise_s0, s1=d.noise_s1))
         privacy = filt.privacy_likelihood(X_proxy)
     labels, votes = client_soft_labels(predict_logits(model, X_proxy), accept, cfg.fd.temperature,
                                        privacy=privacy, swing=swing, rng=rng)
@@ -211,6 +214,8 @@ def handle_train(msg: Message, context: Context) -> Message:
     if "arrays" not in msg.content.array_records:
         raise ProtocolError("request has no ArrayRecord 'arrays'")
     arrays = msg.content.array_records["arrays"]
+    if cfg.he.enabled and mode in SOFT_LABEL_MODES:
+        _he_clients(conf)  # checked before any work: the upload cannot be encrypted without it
     seed = _round_seed(node, server_round)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -220,8 +225,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     if mode == "fedavg":
         model = _model_from_message(node, arrays)
     else:
-        model = _model_from_state(node, context) or make_classifier(cfg.fd.hidden, seed=cfg.run.seed * 1000
-                                                                    + node.partition_id)
+        stored = _model_from_state(node, context)
+        model = stored if stored is not None else make_classifier(cfg.fd.hidden,
+                                                                  seed=cfg.run.seed * 1000 + node.partition_id)
         if mode in SOFT_LABEL_MODES:
             targets, kept, decrypt_s = received_targets(node, context, arrays, conf)
 
@@ -235,13 +241,14 @@ def handle_train(msg: Message, context: Context) -> Message:
 
     context.state.config_records["ledger"] = ConfigRecord(ledger.state_dict())  # type: ignore[arg-type]
     context.state.config_records["fd-state"] = ConfigRecord({"last-round": server_round})
-    metrics: dict[str, float | int] = {"num-examples": len(node.data.y), "partition-id": node.partition_id,
+    metrics: dict[str, MetricValue] = {"num-examples": len(node.data.y), "partition-id": node.partition_id,
                                        "proxy-kept": len(kept), "epochs": epochs, **result.metrics}
+    he_metrics: dict[str, float] = {}
     if mode == "fedavg":
-        upload, he_metrics = ArrayRecord(model.state_dict()), {}
+        upload = ArrayRecord(model.state_dict())
     else:
         context.state.array_records["fd-model"] = ArrayRecord(model.state_dict())
-        upload, he_metrics = ArrayRecord(), {}
+        upload = ArrayRecord()
     if mode in SOFT_LABEL_MODES:
         filt = _filter_from_state(context)
         if filt is None and (mode == "fd-kmeans" or cfg.distill.swing):

@@ -200,8 +200,9 @@ def train_classifier(model: torch.nn.Module, node: DigitsNode, epochs: int, plan
             metrics["train-loss"] = loss
         return RoundOutcome(metrics, "non-private")
     round_steps = epochs * math.ceil(n / fd.batch_size)
+    losses: list[float] = []
     if round_steps == 0:
-        losses, empty, mode, eps = [], 0, cfg.privacy.grad_sample_mode, ledger.epsilon(plan.delta)
+        empty, mode, eps = 0, cfg.privacy.grad_sample_mode, ledger.epsilon(plan.delta)
     else:
         # The accountant is the slow part of a round: its answer for the projected history is
         # also the ε after the round (the ledger then holds exactly that history).

@@ -20,6 +20,7 @@ the deployment's ``FLWR_HOME`` (Flower's SuperExec detaches into its own session
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -202,7 +203,7 @@ class LocalDeployment:
                 own = node_dir / "secret.ctx"
                 own.write_bytes(secret.read_bytes())
                 own.chmod(0o600)
-                spec = NodeSpec(**{**spec.__dict__, "secret_context": own})
+                spec = dataclasses.replace(spec, secret_context=own)
             self._write_records(spec)
             self.specs.append(spec)
         conf = {"superlink": {"default": CONNECTION,

@@ -16,8 +16,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from client.fd_train import digits_clients
 from distill.classifier import make_classifier
-from distill.digits import load_digits_task
 from fedveil.config import Config
 from fedveil.store import Store
 from server.coordinator import wait_for_nodes
@@ -110,7 +110,13 @@ def run_digits(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path
     if cfg.he.enabled and fd.mode == "fedavg":
         raise ValueError("he.enabled = true with fd.mode = 'fedavg' is not supported for data.task = 'digits': "
                          "encrypted aggregation covers the soft-label modes; choose fd.mode = fd or fd-kmeans")
-    task = load_digits_task(seed=cfg.run.seed, proxy_size=fd.proxy_size)
+    if cfg.run.resume:
+        raise ValueError("run.resume is not supported for data.task = 'digits': each client's classifier, filter "
+                         "and ledger live in its Flower Context, which a new simulation does not have")
+    # Fails here, with the partitioner's reason, rather than on every client (e.g. too few clients
+    # for a classes split: clients + classes_per_client - 1 must cover the 10 classes).
+    task, _ = digits_clients(cfg.run.seed, fd.proxy_size, fed.clients, cfg.data.partition,
+                             cfg.data.classes_per_client, cfg.data.alpha)
     he_context = None
     if cfg.he.enabled and fd.mode in ("fd", "fd-kmeans"):
         from privacy.he.keys import load_public_context

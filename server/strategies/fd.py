@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 from distill.fd import sum_client_uploads
 from fedveil.store import HERow, MetricRow
 from server.strategies.fedavg import PrivateFedAvg, RoundFailed, RoundLog
-from server.validation import RejectedReply, check_metrics
+from server.validation import ArraySpec, RejectedReply, check_metrics
 
 log = logging.getLogger("fedveil.server")
 
@@ -37,6 +37,14 @@ LABELS, VOTES = "labels", "votes"
 SUMS, COUNTS = "label-sums", "vote-counts"
 FD_CLIENT_METRICS = ("votes", "accepted-share", "filter-precision", "filter-recall", "proxy-kept", "epochs")
 EVAL_METRICS = ("accuracy-global", "accuracy-own", "partition-id")
+
+
+def _num(m: MetricRecord, key: str) -> float:
+    """A scalar metric (``check_metrics`` already refused non-finite values)."""
+    value = m[key]
+    if isinstance(value, list):
+        raise RejectedReply(f"metric {key!r} must be a number, got a list")
+    return float(value)
 
 
 def check_label_upload(record: ArrayRecord, n_proxy: int, n_classes: int,
@@ -105,8 +113,10 @@ class SoftLabelFD(PrivateFedAvg):
     def shares_labels(self) -> bool:
         return self.mode in ("fd", "fd-kmeans")
 
-    def open_round(self, sampled_nodes: Iterable[int]) -> None:
+    def open_round(self, sampled_nodes: Iterable[int], arrays: ArrayRecord | None = None) -> None:
         """Start a round's log without a Grid (what ``configure_train`` does; used by direct tests)."""
+        if self.spec is None and arrays is not None:
+            self.spec = ArraySpec.of(arrays)
         self.round = RoundLog(started_at=datetime.now(UTC), t0=time.perf_counter())
         self._sampled_nodes = set(sampled_nodes)
         self.round.sampled = len(self._sampled_nodes)
@@ -167,15 +177,15 @@ class SoftLabelFD(PrivateFedAvg):
     def _record_client(self, server_round: int, msg: Message, m: MetricRecord) -> None:
         super()._record_client(server_round, msg, m)
         assert self.round is not None
-        client = int(m["partition-id"])  # type: ignore[call-overload]
+        client = int(_num(m, "partition-id"))
         for key in FD_CLIENT_METRICS:
             if key in m:
-                self.round.metrics.append(MetricRow(key, float(m[key]), server_round, client))  # type: ignore[arg-type]
-                self._values[key].append(float(m[key]))  # type: ignore[arg-type]
+                self.round.metrics.append(MetricRow(key, _num(m, key), server_round, client))
+                self._values[key].append(_num(m, key))
         if "he-bytes" in m:
             def opt(key: str) -> float | None:
-                return float(m[key]) if key in m else None  # type: ignore[arg-type]
-            self.round.he.append(HERow(profile=self.he_profile, bytes_sent=int(m["he-bytes"]),  # type: ignore[call-overload]
+                return _num(m, key) if key in m else None
+            self.round.he.append(HERow(profile=self.he_profile, bytes_sent=int(_num(m, "he-bytes")),
                                        client_index=client, encrypt_seconds=opt("he-encrypt-s"),
                                        decrypt_seconds=opt("he-decrypt-s"), max_abs_error=opt("he-max-abs-error"),
                                        server_round=server_round))
@@ -184,6 +194,7 @@ class SoftLabelFD(PrivateFedAvg):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         arrays, agg = super().aggregate_train(server_round, replies)
         assert self.round is not None
+        server_round += self.round_offset
         if self.shares_labels and self._values["votes"]:
             v = self._values
             self.round.metrics.append(MetricRow("votes", float(np.sum(v["votes"])), server_round))
@@ -202,15 +213,17 @@ class SoftLabelFD(PrivateFedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Mean client accuracy on the fixed global test set ("accuracy") and on own classes."""
         assert self.round is not None
+        server_round += self.round_offset
         acc: list[float] = []
         own: list[float] = []
         for msg in replies:
             if msg.has_error():
-                self._event(server_round, msg, "failed", f"evaluate: {msg.error.reason.strip()[-300:]}")
+                reason = (msg.error.reason or "unknown error").strip()[-300:]
+                self._event(server_round, msg, "failed", f"evaluate: {reason}")
                 continue
             try:
                 m = check_metrics(msg, EVAL_METRICS)
-                a, o = float(m["accuracy-global"]), float(m["accuracy-own"])  # type: ignore[arg-type]
+                a, o = _num(m, "accuracy-global"), _num(m, "accuracy-own")
                 if not (0 <= a <= 1 and 0 <= o <= 1):
                     raise RejectedReply(f"accuracies must lie in [0, 1], got {a}, {o}")
             except RejectedReply as exc:

@@ -50,7 +50,7 @@ def test_lm_bench_quick(lm_bench: ModuleType, tmp_path: Path) -> None:
     assert lm_bench.main(["--quick", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     methods = {r["method"] for r in record["runs"]}
-    assert methods == {"dp-sft", "dp-kd", "dp-kd+swing", "dp-opd", "dp-opd+swing"}
+    assert methods == {"dp-sft", "dp-kd", "dp-kd+swing", "dp-opd", "dp-opd+swing", "dp-opd(lam=0.25)"}
     for run in record["runs"]:
         assert run["epsilon"] <= 2.0
         assert run["epsilon_recomputed_prv"] == pytest.approx(run["epsilon"], abs=1e-6)
