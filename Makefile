@@ -27,6 +27,9 @@ test: $(STAMP)
 dashboard: $(STAMP)
 	$(BIN)/fedveil dashboard
 
+bench: $(STAMP)
+	$(BIN)/fedveil bench all
+
 lint: $(STAMP)
 	$(BIN)/ruff check fedveil server client privacy distill dashboard tests bench
 
