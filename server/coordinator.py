@@ -46,10 +46,9 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
     return nodes
 
 
-def greet(grid: Grid, nodes: list[int], timeout: float, tokenizer_json: str) -> dict[int, dict[str, Any]]:
-    """Hand every node the run's tokenizer; ask for its partition id and record count (``query.hello``)."""
-    msgs = [Message(RecordDict({"config": ConfigRecord({"tokenizer": tokenizer_json})}), dst_node_id=n,
-                    message_type="query.hello")
+def greet(grid: Grid, nodes: list[int], timeout: float, payload: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Send every node ``payload`` (e.g. the run's tokenizer); ask its partition id and record count (``query.hello``)."""
+    msgs = [Message(RecordDict({"config": ConfigRecord(payload)}), dst_node_id=n, message_type="query.hello")
             for n in nodes]
     info: dict[int, dict[str, Any]] = {}
     for reply in grid.send_and_receive(msgs, timeout=timeout):
@@ -125,7 +124,7 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
 
     nodes = wait_for_nodes(grid, fed.min_clients, fed.round_timeout)
     tok_json = tokenizer_to_json(tokenizer)
-    hello = greet(grid, nodes, fed.round_timeout, tok_json)
+    hello = greet(grid, nodes, fed.round_timeout, {"tokenizer": tok_json})
     node_to_client = {node: int(h["partition-id"]) for node, h in hello.items()}
     for node, h in hello.items():
         store.register_client(run_id, int(h["partition-id"]), node_id=str(node), num_examples=int(h["num-examples"]))

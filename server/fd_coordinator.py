@@ -1,6 +1,6 @@
 """The server's run for ``data.task = "digits"``: soft-label federated distillation (ALGORITHMS.md §6).
 
-Provisions CKKS keys when HE is on (the server keeps only the public context), greets the
+Loads the public CKKS context when HE is on (keys are provisioned before the server starts), greets the
 nodes, runs :class:`server.strategies.fd.SoftLabelFD` for ``federation.rounds`` rounds and
 stores the run's privacy statement, which says what the clients' ε covers in this task.
 """
@@ -20,34 +20,21 @@ from client.fd_train import digits_clients
 from distill.classifier import make_classifier
 from fedveil.config import Config
 from fedveil.store import Store
-from server.coordinator import wait_for_nodes
+from server.coordinator import greet, wait_for_nodes
 from server.strategies.fd import SoftLabelFD
 
 log = logging.getLogger("fedveil.server")
 
 
-def provision_keys(cfg: Config, run_dir: Path) -> Path:
-    """The key directory: ``he.key_dir`` if set, else ``<run_dir>/keys``, created when missing (§1, §7)."""
-    from privacy.he.keys import write_keys
-    key_dir = Path(cfg.he.key_dir) if cfg.he.key_dir else run_dir / "keys"
-    if not (key_dir / "public.ctx").exists():
-        write_keys(key_dir, cfg.he.profile)
-        log.info("CKKS keys (%s profile) written to %s", cfg.he.profile, key_dir)
-    return key_dir
+def public_key_dir(cfg: Config) -> Path:
+    """The key directory holding ``public.ctx``; the server never creates keys (ALGORITHMS.md §1).
 
-
-def greet_digits(grid: Grid, nodes: list[int], timeout: float) -> dict[int, dict[str, Any]]:
-    """Ask every node for its partition id and record count (``query.hello``)."""
-    msgs = [Message(RecordDict({"config": ConfigRecord({"task": "digits"})}), dst_node_id=n,
-                    message_type="query.hello") for n in nodes]
-    info: dict[int, dict[str, Any]] = {}
-    for reply in grid.send_and_receive(msgs, timeout=timeout):
-        if reply.has_error() or "hello" not in reply.content.config_records:
-            log.warning("node %s did not answer hello: %s", reply.metadata.src_node_id,
-                        reply.error.reason if reply.has_error() else "no 'hello' record")
-            continue
-        info[reply.metadata.src_node_id] = dict(reply.content.config_records["hello"])
-    return info
+    ``fedveil run`` and ``fedveil deploy local`` provision keys before the server starts.
+    """
+    if not cfg.he.key_dir or not (Path(cfg.he.key_dir) / "public.ctx").exists():
+        raise FileNotFoundError("he.enabled is true but he.key_dir holds no public.ctx: create keys with "
+                                "`fedveil keys init --out DIR` and set he.key_dir (fedveil run does this)")
+    return Path(cfg.he.key_dir)
 
 
 def digits_privacy_statement(cfg: Config, ledger: Mapping[int, Mapping[str, Any]]) -> str:
@@ -120,11 +107,11 @@ def run_digits(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path
     he_context = None
     if cfg.he.enabled and fd.mode in ("fd", "fd-kmeans"):
         from privacy.he.keys import load_public_context
-        key_dir = provision_keys(cfg, run_dir)
+        key_dir = public_key_dir(cfg)
         he_context = load_public_context(key_dir / "public.ctx")
 
     nodes = wait_for_nodes(grid, fed.min_clients, fed.round_timeout)
-    hello = greet_digits(grid, nodes, fed.round_timeout)
+    hello = greet(grid, nodes, fed.round_timeout, {"task": "digits"})
     node_to_client = {node: int(h["partition-id"]) for node, h in hello.items()}
     for node, h in hello.items():
         store.register_client(run_id, int(h["partition-id"]), node_id=str(node), num_examples=int(h["num-examples"]),
