@@ -15,6 +15,7 @@ import tomllib
 import uuid
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import typer
 
@@ -76,6 +77,17 @@ def deploy_config(config: Path | None, sets: list[str], *, nodes: int, rounds: i
     return cfg
 
 
+def _close_unfinished(store: Any, run_id: str, reason: str) -> None:
+    """A run whose processes were stopped must not stay "running" in the store."""
+    from fedveil.store import RunNotFound
+    try:
+        status = store.get_run(run_id)["run"]["status"]
+    except RunNotFound:
+        return
+    if status not in ("completed", "failed"):
+        store.fail_run(run_id, reason[:2000])
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -124,8 +136,10 @@ def local(nodes: int = typer.Option(2, "--nodes", help=f"SuperNodes to start (1 
                           + ", ".join(f"{s.name} (node {dep.node_ids[s.name]})" for s in dep.specs))
             code = dep.run(stream=not quiet, timeout=timeout)
     except DeploymentError as exc:
+        _close_unfinished(store, run_id, f"deployment failed: {exc}")
         fail(str(exc))
     except KeyboardInterrupt:
+        _close_unfinished(store, run_id, "deployment interrupted")
         console.print("interrupted; every process this deployment started has been stopped")
         raise typer.Exit(130) from None
     finally:

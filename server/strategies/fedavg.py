@@ -104,6 +104,7 @@ class PrivateFedAvg(FedAvg):
         self.spec: ArraySpec | None = None
         self.round: RoundLog | None = None
         self.history: list[dict[str, float]] = []
+        self._provenance_recorded: set[int] = set()
 
     # -- helpers ---------------------------------------------------------------------------
     def client_of(self, msg: Message) -> int | None:
@@ -198,6 +199,12 @@ class PrivateFedAvg(FedAvg):
             if key in m:
                 self.round.metrics.append(MetricRow(key, float(m[key]), server_round, client))  # type: ignore[arg-type]
         priv = msg.content.config_records.get("privacy", ConfigRecord())
+        provenance = priv.get("teacher-provenance")
+        if isinstance(provenance, str) and client not in self._provenance_recorded:
+            # The teacher's provenance decides what the student's ε covers (ALGORITHMS.md §2): keep it per client.
+            self.store.register_client(self.run_id, client, node_id=str(msg.metadata.src_node_id),
+                                       num_examples=int(m["num-examples"]), teacher_provenance=provenance)  # type: ignore[call-overload]
+            self._provenance_recorded.add(client)
         if bool(priv.get("dp", False)):
             self.round.ledger.append(LedgerRow(
                 client_index=client, epsilon=float(m["epsilon"]), delta=float(m["delta"]),  # type: ignore[arg-type]

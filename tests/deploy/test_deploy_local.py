@@ -29,6 +29,7 @@ from fedveil.launch import PROJECT_DIR, _superlink_pids
 
 DEPLOY = PROJECT_DIR / "deploy"
 PY = sys.executable
+FEDVEIL = str(Path(PY).with_name("fedveil"))
 SMALL = """
 [run]
 name = "deploy-e2e"
@@ -62,7 +63,7 @@ def _mode(p: Path) -> int:
 
 def _sh(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", *argv], capture_output=True, text=True, cwd=cwd, timeout=120,
-                          env=dict(os.environ, FEDVEIL=str(Path(PY).with_name("fedveil"))))
+                          env=dict(os.environ, FEDVEIL=FEDVEIL))
 
 
 # --------------------------------------------------------------------------- key scripts
@@ -231,7 +232,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     work = tmp_path_factory.mktemp("deploy")
     (work / "small.toml").write_text(SMALL)
     db, run_id, dep_dir = work / "store.db", "deploye2e01", work / "dep"
-    argv = [PY, "-m", "fedveil.deploy_cmd", "local", "--nodes", "2", "-c", "small.toml",
+    argv = [FEDVEIL, "deploy", "local", "--nodes", "2", "-c", "small.toml",
             "--set", "federation.min_clients=1", "--set", f"federation.round_timeout={ROUND_TIMEOUT}",
             "--set", f"run.run_id='{run_id}'", "--db", f"sqlite:///{db}", "--work", str(dep_dir), "--quiet",
             "--timeout", str(RUN_LIMIT)]
@@ -278,7 +279,7 @@ def test_deployment_completes_with_he_and_is_stored(deployed: dict[str, object])
     ppl = [m for m in result["metrics"] if m["name"] == "perplexity"]
     assert [m["round"] for m in ppl] == [1, 2] and all(m["value"] > 1 for m in ppl)
     assert result["privacy_ledger"] and all(0 < row["epsilon"] <= 2.0 for row in result["privacy_ledger"])
-    listed = subprocess.run([PY, "-m", "fedveil.cli", "runs", "--format", "json", "--db", str(deployed["db"])],
+    listed = subprocess.run([FEDVEIL, "runs", "--format", "json", "--db", str(deployed["db"])],
                             capture_output=True, text=True, cwd=str(deployed["work"]))
     assert listed.returncode == 0, listed.stderr
     assert deployed["run_id"] in [r["id"] for r in json.loads(listed.stdout)]

@@ -26,6 +26,7 @@ def test_simulation_stores_a_complete_run(small_run: tuple[Path, str, str]) -> N
     assert [r["server_round"] for r in shown["rounds"]] == [1, 2]
     assert all(r["status"] == "completed" and r["num_replied"] == 2 for r in shown["rounds"])
     assert sorted(c["client_index"] for c in shown["clients"]) == [0, 1]
+    assert {c["teacher_provenance"] for c in shown["clients"]} == {"private-non-dp"}
     ppl = [m for m in shown["metrics"] if m["name"] == "perplexity"]
     assert [m["round"] for m in ppl] == [1, 2] and all(m["value"] > 1 for m in ppl)
     ledger = shown["privacy_ledger"]
