@@ -88,7 +88,8 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> str:
         if previous["status"] == "completed":
             raise ValueError(f"run {run_id} is already completed; nothing to resume")
     else:
-        store.create_run(to_dict(cfg), run_id=run_id, name=cfg.run.name, method=cfg.train.method,
+        method = cfg.fd.mode if cfg.data.task == "digits" else cfg.train.method
+        store.create_run(to_dict(cfg), run_id=run_id, name=cfg.run.name, method=method,
                          task=cfg.data.task, he_enabled=cfg.he.enabled, num_clients=cfg.federation.clients,
                          num_rounds=cfg.federation.rounds, seed=cfg.run.seed, run_dir=str(run_dir))
     t0 = time.perf_counter()

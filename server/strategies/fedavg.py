@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -29,6 +30,12 @@ from server.validation import ArraySpec, RejectedReply, check_metrics, check_pla
 
 log = logging.getLogger("fedveil.server")
 CLIENT_METRICS = ("train-loss", "epsilon", "seconds", "num-examples", "steps", "on-policy-steps", "empty-batches")
+
+
+def _superlink_unavailable(msg: Message) -> bool:
+    """An error reply the SuperLink itself sends for a node that stopped answering."""
+    return bool(msg.has_error() and msg.metadata.src_node_id == SUPERLINK_NODE_ID
+                and msg.error.code == ErrorCode.NODE_UNAVAILABLE)
 
 
 def _renumber(messages: Iterable[Message], offset: int) -> list[Message]:
@@ -123,6 +130,8 @@ class PrivateFedAvg(FedAvg):
         assert self.round is not None
         ok: list[Message] = []
         for msg in replies:
+            if _superlink_unavailable(msg):
+                continue  # the SuperLink's stand-in reply for a lost node, already recorded as dropped
             if msg.has_error():
                 reason = msg.error.reason or "unknown error"
                 kind = "refused-budget" if "PrivacyBudgetExhausted" in reason or "budget" in reason else "failed"
@@ -219,6 +228,8 @@ class PrivateFedAvg(FedAvg):
         nll, tokens = 0.0, 0
         assert self.round is not None
         for msg in replies:
+            if _superlink_unavailable(msg):
+                continue
             if msg.has_error():
                 self._event(server_round, msg, "failed", f"evaluate: {msg.error.reason.strip()[-300:]}")
                 continue
