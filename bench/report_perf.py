@@ -140,8 +140,9 @@ def perf_scale(results: Results, status: Mapping[str, str]) -> list[Row]:
         fixed = (f"; {top['clients']} vs {same[0]['clients']} clients, both {top['sampled']} sampled: ×"
                  f"{top['round_s_after_first_mean'] / same[0]['round_s_after_first_mean']:.2f}"
                  if len(same) > 1 else "")
-        curve = ", ".join(f"{r['clients']}: {r['round_s_after_first_mean']:.0f} s ({_per_sampled(r):.1f} s/sampled "
-                          f"client), {r['peak_tree_pss_mb']:.0f} MiB" for r in group)
+        curve = "; ".join(f"{r['clients']} clients: {r['round_s_after_first_mean']:.0f} s/round "
+                          f"({_per_sampled(r):.1f} s per sampled client), {r['peak_tree_pss_mb']:.0f} MiB"
+                          for r in group)
         held = ("not measured" if len(group) < 2 else "yes" if t <= SCALE_BOUND and m <= SCALE_BOUND and not failed
                 else "partly" if t <= SCALE_BOUND or m <= SCALE_BOUND else "no")
         fails = f" Failed: {', '.join(str(r['clients']) for r in failed)} clients." if failed else ""
@@ -151,8 +152,10 @@ def perf_scale(results: Results, status: Mapping[str, str]) -> list[Row]:
                     f"node) {top['setup_s']:.0f} s vs {base['setup_s']:.0f} s.{fails}{_quick(res)}")
         rows.append(Row(label, goal, curve, held, analysis))
     load = res.get("load_check")
+    pending = "pending: the scale run is incomplete" if not res.get("complete", True) else None
     if load is None:
-        rows.append(Row("load: 100 clients, 10 sampled, 5 rounds", "completes", "-", "not run", "--no-load / --quick"))
+        rows.append(Row("load: 100 clients, 10 sampled, 5 rounds", "completes", "-", "not run",
+                        pending or "scale_bench ran with --no-load or --quick"))
     else:
         ok = bool(load.get("completed"))
         rows.append(Row("load: 100 clients, 10 sampled, 5 rounds", "completes",
@@ -161,7 +164,8 @@ def perf_scale(results: Results, status: Mapping[str, str]) -> list[Row]:
                         f"status {load.get('status')}; replies per round {load.get('replied_per_round')}."))
     demo = res.get("demo")
     if demo is None:
-        rows.append(Row("default demo end to end", "-", "-", "not run", "--no-demo / --quick"))
+        rows.append(Row("default demo end to end", "-", "-", "not run",
+                        pending or "scale_bench ran with --no-demo or --quick"))
     else:
         rows.append(Row("default demo end to end", "-",
                         f"{demo['wall_s']:.0f} s wall, peak {demo['peak_tree_pss_mb']:.0f} MiB (PSS of its processes)",

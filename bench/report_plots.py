@@ -54,8 +54,8 @@ def plot_scale(results: Results, out: Path) -> Path | None:
             label = f"HE {'on' if he else 'off'}"
             ax1.plot([r["clients"] for r in sel], [r["round_s_after_first_mean"] for r in sel], "o-", label=label)
             ax2.plot([r["clients"] for r in sel], [r["peak_tree_pss_mb"] for r in sel], "o-", label=label)
-    ax1.set(xlabel="clients (10 sampled per round)", ylabel="seconds per round", title="round wall time")
-    ax2.set(xlabel="clients (10 sampled per round)", ylabel="MiB (PSS, all processes)", title="peak run memory")
+    ax1.set(xlabel="clients (10 sampled per round, 4 of 4)", ylabel="seconds per round", title="round wall time")
+    ax2.set(xlabel="clients (10 sampled per round, 4 of 4)", ylabel="MiB (PSS, all processes)", title="peak run memory")
     ax1.set_ylim(bottom=0)
     ax2.set_ylim(bottom=0)
     ax1.legend(fontsize=8)
