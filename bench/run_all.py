@@ -14,9 +14,9 @@ Full results go to ``bench/results`` and the report to ``bench/REPORT.md``; ``--
 full numbers. ``--data DIR`` is the folder holding the data sets (default ``../shared/data`` relative
 to the repository root); ``--data-path PATH`` overrides the data path of a single ``--only`` benchmark.
 
-Expected duration on the shared 2-core machine (one thread each): quick ~10 min; full ~2.5–4 h
+Expected duration on the shared 2-core machine (one thread each): quick ~10 min; full ~2.5–3 h
 (lm ~15 min, lm-wikitext ~15 min, edgefd ~9 min, he ~8 min, dpstep ~3 min, audit/rollout/pii ~1 min each,
-scale 1.5–3 h).
+scale ~80 min, measured at load average 9–15).
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ end (``fedveil run`` with the default configuration: wall time and peak memory).
 
 Expected duration (2-core machine, ``nice -n 10``): ``--quick`` (4 and 16 clients, 1 round, HE off, no
 load check, no demo) ~5–10 min; full (4/16/64/100 clients with HE off, 4 and 100 with HE on, 2 rounds
-each, the 5-round load check and the demo) ~1.5 h on an idle machine, up to ~3 h on a loaded one.
+each, the 5-round load check and the demo) took 82 min on the shared 2-core machine at load average 9–15
+(the demo alone 17 min); expect less on an idle machine.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ and leaves the full results alone; a full ``all`` run also refreshes README's re
 README.md has the ``<!-- bench:begin -->`` / ``<!-- bench:end -->`` markers.
 
 Expected duration on a 2-core machine, one thread per benchmark: ``--quick`` all ~10 min; full all
-~2.5–4 h, of which the federation-scale runs (4/16/64/100 clients, HE off and on, the 100-client
-load check and the default demo) take 1.5–3 h; a single benchmark 1–15 min (``scale``: as above).
+~2.5–3 h, of which the federation-scale runs (4/16/64/100 clients, HE off and on, the 100-client
+load check and the default demo) took 82 min at load average 9–15; a single benchmark 1–15 min
+(``scale``: as above).
 """
 
 from __future__ import annotations

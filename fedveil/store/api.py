@@ -254,7 +254,7 @@ class Store(AuditingStore):
         client_index: int,
         *,
         node_id: str | int | None = None,
-        num_examples: int,
+        num_examples: int | None = None,
         teacher_provenance: str | None = None,
         teacher_epsilon: float | None = None,
     ) -> None:
@@ -268,8 +268,9 @@ class Store(AuditingStore):
             Client's index in the federation (0-based).
         node_id : str, int or None
             Flower node id (stored as text).
-        num_examples : int
-            Number of private training records.
+        num_examples : int or None
+            Number of private records the client holds (before any audit canaries are inserted);
+            None keeps the stored count of an existing client (required for a new one).
         teacher_provenance : str or None
             ``"public"``, ``"private-non-dp"``, ``"dp"`` or ``"none"``.
         teacher_epsilon : float or None
@@ -283,10 +284,13 @@ class Store(AuditingStore):
                 sa.select(Client).where(Client.run_id == run_id, Client.client_index == index)
             )
             if client is None:
+                if num_examples is None:
+                    raise ValueError(f"client {index} of run {run_id} is new: num_examples is required")
                 client = Client(run_id=run_id, client_index=index)
                 s.add(client)
             client.node_id = None if node_id is None else str(node_id)
-            client.num_examples = check_count(num_examples, "num_examples")
+            if num_examples is not None:
+                client.num_examples = check_count(num_examples, "num_examples")
             client.teacher_provenance = teacher_provenance
             client.teacher_epsilon = opt_number(teacher_epsilon, "teacher_epsilon")
 

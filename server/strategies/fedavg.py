@@ -211,8 +211,9 @@ class PrivateFedAvg(FedAvg):
         provenance = priv.get("teacher-provenance")
         if isinstance(provenance, str) and client not in self._provenance_recorded:
             # The teacher's provenance decides what the student's ε covers (ALGORITHMS.md §2): keep it per client.
+            # num_examples stays as the greeting reported it: the training count includes audit canaries.
             self.store.register_client(self.run_id, client, node_id=str(msg.metadata.src_node_id),
-                                       num_examples=int(m["num-examples"]), teacher_provenance=provenance)  # type: ignore[call-overload]
+                                       teacher_provenance=provenance)
             self._provenance_recorded.add(client)
         if bool(priv.get("dp", False)):
             self.round.ledger.append(LedgerRow(

@@ -77,6 +77,7 @@ def _populate(store: Store, tmp_path: Path) -> str:
     store.register_client(rid, 0, node_id=111, num_examples=50, teacher_provenance="private-non-dp")
     store.register_client(rid, 1, node_id="222", num_examples=60)
     store.register_client(rid, 1, node_id="223", num_examples=61, teacher_provenance="dp", teacher_epsilon=8.0)
+    store.register_client(rid, 0, node_id=111, teacher_provenance="private-non-dp")  # keeps 50 examples
     for r, ppl, acc in ((1, 40.0, 0.2), (2, 25.0, 0.4)):
         _round(
             store, rid, r,
@@ -327,6 +328,8 @@ def test_bad_values_are_named(store: Store) -> None:
         _round(store, rid, 1, status="done")
     with pytest.raises(ValueError, match="teacher_provenance"):
         store.register_client(rid, 0, num_examples=3, teacher_provenance="stolen")
+    with pytest.raises(ValueError, match="client 7 .* is new: num_examples is required"):
+        store.register_client(rid, 7, teacher_provenance="public")
     with pytest.raises(ValueError, match="num_clients"):
         _run(store, num_clients=-1)
     with pytest.raises(TypeError, match=r"config\['x'\]"):
