@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for trow in timing:
         print(
             f"{trow['case']:42s} n_local {trow['n_local']:5d} n_proxy {trow['n_proxy']:5d}  "
-            f"KMeans {trow['kmeans_s'] * 1e3:9.1f} ms  RBF {trow['rbf_s'] * 1e3:9.1f} ms  ratio {trow['rbf_over_kmeans']:6.2f}"
+            f"KMeans {trow['kmeans_s'] * 1e3:9.1f} ms  RBF {trow['rbf_s'] * 1e3:9.1f} ms  "
+            f"ratio {trow['rbf_over_kmeans']:6.2f}"
         )
 
     report = {

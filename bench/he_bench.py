@@ -154,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "settings": {"clients": args.clients, "sizes": sizes, "profiles": profiles, "seed": args.seed,
                      "values": "float32 uniform [-1, 1]", "weights": "n_c / sum(n)",
-                     "ratio_total": "(all clients' encrypt + server validate-and-sum + one decrypt) / numpy weighted mean",
-                     "ratio_latency": "(one client's encrypt + server validate-and-sum + one decrypt) / numpy weighted mean"},
+                     "ratio_total": "(all clients' encrypt + server validate-and-sum + one decrypt) "
+                                    "/ numpy weighted mean",
+                     "ratio_latency": "(one client's encrypt + server validate-and-sum + one decrypt) "
+                                      "/ numpy weighted mean"},
         "results": rows,
     }
     out.write_text(json.dumps(doc, indent=2) + "\n")

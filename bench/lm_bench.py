@@ -143,8 +143,9 @@ def fit_early_stopped(model: torch.nn.Module, data: TokenisedRecords, validation
     return best, best_step
 
 
-def prepare(corpus: Corpus, args: argparse.Namespace) -> Setup:
-    tok = train_tokenizer(corpus.public, vocab_size=args.vocab)
+def prepare(corpus: Corpus, args: argparse.Namespace, tokenizer: Any = None) -> Setup:
+    """Tokenise every set, train the frozen teacher(s) and the public student initialisation."""
+    tok = tokenizer if tokenizer is not None else train_tokenizer(corpus.public, vocab_size=args.vocab)
     kw = {"max_length": args.max_length, "prompt_length": args.prompt_length}
     train = tokenise(tok, corpus.private, **kw)  # type: ignore[arg-type]
     heldout = tokenise(tok, corpus.heldout, with_privacy=True, **kw)  # type: ignore[arg-type]
@@ -232,9 +233,10 @@ def methods(args: argparse.Namespace, gen_length: int) -> dict[str, tuple[Traine
     return {k: v for k, v in table.items() if not args.methods or k in args.methods}
 
 
-def run_one(setup: Setup, name: str, cfg: TrainerConfig, provenance: str, seed: int, plan: DPPlan,
-            args: argparse.Namespace) -> dict[str, Any]:
-    n, delta = len(setup.train), plan.delta
+def train_student(setup: Setup, cfg: TrainerConfig, provenance: str, seed: int, plan: DPPlan | None,
+                  args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train one student with ``cfg`` (DP-SGD under ``plan``; plain Adam when ``plan`` is None)."""
+    n = len(setup.train)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -243,26 +245,34 @@ def run_one(setup: Setup, name: str, cfg: TrainerConfig, provenance: str, seed: 
         student.load_state_dict(setup.student_init)
     trainer = LMTrainer(cfg, setup.train, teacher=setup.teachers.get(provenance), tokenizer=setup.tokenizer,
                         device=CPU, generator=gen, rng=rng)
-    session = DPSession(student, lr=args.lr, noise_multiplier=plan.noise_multiplier, max_grad_norm=args.max_grad_norm,
+    sigma = plan.noise_multiplier if plan is not None else None
+    q = plan.sample_rate if plan is not None else min(1.0, args.batch_size / n)
+    session = DPSession(student, lr=args.lr, noise_multiplier=sigma, max_grad_norm=args.max_grad_norm,
                         expected_batch_size=args.batch_size, mode=args.mode, generator=gen)
-    ledger = Ledger(plan.accountant)
+    ledger = Ledger(plan.accountant) if plan is not None else None
     start, cpu = time.perf_counter(), time.process_time()
-    losses = run_dp_steps(session, poisson_batches(n, plan.sample_rate, args.steps, rng),
-                          lambda idx: trainer.loss(session, idx), ledger, plan.sample_rate)
+    losses = run_dp_steps(session, poisson_batches(n, q, args.steps, rng), lambda idx: trainer.loss(session, idx),
+                          ledger, q)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    model = session.close()
-    with quiet_accountant():
-        eps = ledger.epsilon(delta)
-        check = recompute_epsilon(plan.noise_multiplier, plan.sample_rate, ledger.steps, delta)
-    if not (eps <= args.epsilon and check["prv"] <= args.epsilon and abs(check["prv"] - eps) < 1e-6):
-        raise AssertionError(f"{name}: ledger ε {eps} vs recomputed {check['prv']} (budget {args.epsilon})")
-    return {"method": name, "seed": seed, "heldout_ppl": perplexity(model, setup.heldout),
-            **pii_nll(model, setup.train, "train"), **pii_nll(model, setup.heldout, "heldout"),
-            "epsilon": eps, "epsilon_recomputed_prv": check["prv"],
-            "epsilon_rdp": check["rdp"], "delta": delta, "sigma": plan.noise_multiplier, "q": plan.sample_rate,
-            "steps": ledger.steps, "grad_sample_mode": session.mode, "teacher_provenance": provenance,
+    info = {"grad_sample_mode": session.mode, "teacher_provenance": provenance,
             "on_policy_steps": trainer.on_policy_steps, "final_loss": float(np.mean(losses[-10:])),
-            "seconds": seconds, "cpu_seconds": cpu}
+            "steps": ledger.steps if ledger is not None else len(losses), "seconds": seconds, "cpu_seconds": cpu}
+    if ledger is not None and plan is not None:
+        with quiet_accountant():
+            eps = ledger.epsilon(plan.delta)
+            check = recompute_epsilon(plan.noise_multiplier, plan.sample_rate, ledger.steps, plan.delta)
+        if not (eps <= args.epsilon and check["prv"] <= args.epsilon and abs(check["prv"] - eps) < 1e-6):
+            raise AssertionError(f"ledger ε {eps} vs recomputed {check['prv']} (budget {args.epsilon})")
+        info.update({"epsilon": eps, "epsilon_recomputed_prv": check["prv"], "epsilon_rdp": check["rdp"],
+                     "delta": plan.delta, "sigma": plan.noise_multiplier, "q": plan.sample_rate})
+    return session.close(), info
+
+
+def run_one(setup: Setup, name: str, cfg: TrainerConfig, provenance: str, seed: int, plan: DPPlan,
+            args: argparse.Namespace) -> dict[str, Any]:
+    model, info = train_student(setup, cfg, provenance, seed, plan, args)
+    return {"method": name, "seed": seed, "heldout_ppl": perplexity(model, setup.heldout),
+            **pii_nll(model, setup.train, "train"), **pii_nll(model, setup.heldout, "heldout"), **info}
 
 
 # --------------------------------------------------------------------------- report
@@ -348,8 +358,9 @@ def print_report(summary: dict[str, dict[str, float]], orders: list[dict[str, An
               f"non-PII ppl x{s['heldout_non_pii_ppl_ratio_swing_over_plain']:.3f}")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(description: str | None = __doc__) -> argparse.ArgumentParser:
+    """The shared options of the LM benchmarks (this one and ``exposure_bench``)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (< 1 min)")
     p.add_argument("--data", type=Path, nargs="?", const=DEFAULT_WIKITEXT, default=None,
                    help=f"wikitext-2 directory (default when given without a value: {DEFAULT_WIKITEXT})")
@@ -382,7 +393,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mode", choices=("ghost", "hooks"), default="ghost")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/lm[-wikitext].json)")
-    args = p.parse_args(argv)
+    return p
+
+
+def finish_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Apply ``--quick`` sizes and check the counts."""
     if args.quick:
         args.records, args.heldout, args.validation, args.public = 64, 16, 16, 200
         args.teacher_steps, args.pretrain_steps, args.eval_every, args.steps = 10, 5, 5, 4
@@ -390,6 +405,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.seeds < 1 or args.steps < 1:
         raise SystemExit("lm_bench: --seeds and --steps must be >= 1")
     return args
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return finish_args(build_parser().parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:

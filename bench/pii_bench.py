@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = evaluate(records, PIIDetector(["DIGIT_RUN"]))
 
     print(f"{len(records)} texts from {args.data}")
-    header = f"{'entity':<14}{'gold':>6}{'tp':>6}{'fp':>6}{'fn':>6}{'prec':>7}{'rec':>7}{'f1':>7}  {'char P':>7}{'char R':>7}"
+    header = (f"{'entity':<14}{'gold':>6}{'tp':>6}{'fp':>6}{'fn':>6}{'prec':>7}{'rec':>7}{'f1':>7}  "
+              f"{'char P':>7}{'char R':>7}")
     print(header)
     print("-" * len(header))
     for etype, r in full["per_type"].items():
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{_fmt(r['recall'])}  {_fmt(r['f1'])}    {_fmt(r['char']['precision'])}  {_fmt(r['char']['recall'])}"
         )
     m = full["micro"]
-    print(f"{'micro':<14}{'':>6}{m['tp']:>6}{m['fp']:>6}{m['fn']:>6}  {_fmt(m['precision'])}  {_fmt(m['recall'])}  {_fmt(m['f1'])}")
+    print(f"{'micro':<14}{'':>6}{m['tp']:>6}{m['fp']:>6}{m['fn']:>6}  {_fmt(m['precision'])}  "
+          f"{_fmt(m['recall'])}  {_fmt(m['f1'])}")
     a, b = full["any_pii_char"], baseline["any_pii_char"]
     print("\nchar-level, any PII type (gold includes PERSON, addresses ... that no recogniser targets):")
     for name, r in (("detector", a), ("DIGIT_RUN baseline", b)):

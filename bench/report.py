@@ -31,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report_exposure import exposure_table  # noqa: E402
 from bench.report_perf import performance, pii_table, scale_table  # noqa: E402
 from bench.report_plots import make_plots  # noqa: E402
 from bench.report_rows import Results, Row, claims  # noqa: E402
@@ -136,6 +137,10 @@ def build_report(results: Results, status: Mapping[str, str], now: dt.datetime, 
     lines += ["", "## Performance", ""]
     lines += table(["measurement", "goal / anchor", "fedveil", "held", "analysis"],
                    row_cells(performance(results, status)))
+    lines += ["", "## Canary exposure by method", "",
+              "Mean rank exposure (bits) of the inserted canaries by repetition count (0× = never-inserted "
+              "controls, the floor), same teacher, same public initialisation, same steps; DP rows at ε = 2.", ""]
+    lines += exposure_table(results)
     lines += ["", "## Federation scale", "",
               "`fedveil run` subprocesses (DP-SFT, student-xs, audits off), 10 clients sampled per round. "
               "Round times are wall-clock on a shared machine (load average per run in the last column); "

@@ -187,8 +187,10 @@ def _load(row: Mapping[str, Any]) -> str:
 
 def performance(results: Results, status: Mapping[str, str]) -> list[Row]:
     """Every performance row of issue 9, in the issue's order."""
+    from bench.report_exposure import perf_coldstart
+
     return [*perf_dpstep(results, status), *perf_he(results, status), perf_rollout(results, status),
-            perf_audit(results, status), *perf_scale(results, status)]
+            perf_audit(results, status), perf_coldstart(results, status), *perf_scale(results, status)]
 
 
 def scale_table(results: Results) -> list[str]:

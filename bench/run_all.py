@@ -15,7 +15,8 @@ full numbers. ``--data DIR`` is the folder holding the data sets (default ``../s
 to the repository root); ``--data-path PATH`` overrides the data path of a single ``--only`` benchmark.
 
 Expected duration on the shared 2-core machine (one thread each): quick ~10 min; full ~2.5–3 h
-(lm ~15 min, lm-wikitext ~15 min, edgefd ~9 min, he ~8 min, dpstep ~3 min, audit/rollout/pii ~1 min each,
+(lm ~15 min, lm-wikitext ~15 min, exposure and exposure-wikitext ~15 min each, coldstart ~2 min,
+edgefd ~9 min, he ~8 min, dpstep ~3 min, audit/rollout/pii ~1 min each,
 scale ~80 min, measured at load average 9–15).
 """
 
@@ -59,9 +60,13 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("audit", "audit_bench.py", "audit"),
     Bench("he", "he_bench.py", "he"),
     Bench("dpstep", "dpstep_bench.py", "dpstep"),
+    Bench("coldstart", "coldstart_bench.py", "coldstart"),
     Bench("edgefd", "edgefd_bench.py", "edgefd"),
     Bench("lm", "lm_bench.py", "lm"),
     Bench("lm-wikitext", "lm_bench.py", "lm-wikitext", data="wikitext-2", data_files=("valid.txt", "test.txt")),
+    Bench("exposure", "exposure_bench.py", "exposure"),
+    Bench("exposure-wikitext", "exposure_bench.py", "exposure-wikitext", data="wikitext-2",
+          data_files=("valid.txt", "test.txt")),
     Bench("scale", "scale_bench.py", "scale"),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)

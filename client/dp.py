@@ -14,16 +14,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+# Opacus is imported inside the functions that use it: a ClientApp process that only answers a
+# hello, evaluate or audit message never pays its ~1.6 s import (deployment starts one per message).
 
 # Opacus' ghost clipping backward fires full backward hooks on integer inputs; harmless.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
-ACCOUNTANTS = {"prv": PRVAccountant, "rdp": RDPAccountant}
+ACCOUNTANTS = ("prv", "rdp")
+
+
+def _accountant(name: str) -> Any:
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    return {"prv": PRVAccountant, "rdp": RDPAccountant}[name]()
 
 
 class PrivacyBudgetExhausted(RuntimeError):
@@ -54,6 +58,8 @@ class DPPlan:
 def plan_noise(*, target_epsilon: float, delta: float, n_records: int, batch_size: int,
                total_steps: int, max_grad_norm: float, accountant: str = "prv") -> DPPlan:
     """Compute σ so that ``total_steps`` Poisson-sampled steps end at ``target_epsilon``."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     q = min(1.0, batch_size / n_records)
     sigma = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=q,
                                  steps=total_steps, accountant=accountant, epsilon_tolerance=0.005)
@@ -89,7 +95,7 @@ class Ledger:
         """ε spent so far at δ, from the accountant's analysis over the full history."""
         if not self.history_:
             return 0.0
-        acc = ACCOUNTANTS[self.accountant]()
+        acc = _accountant(self.accountant)
         acc.history = list(self.history_)
         return float(acc.get_epsilon(delta=delta))
 
@@ -107,7 +113,8 @@ class Ledger:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         sig, q, st = state.get("sigma", []), state.get("q", []), state.get("steps", [])
-        if not (isinstance(sig, list) and isinstance(q, list) and isinstance(st, list)) or not len(sig) == len(q) == len(st):
+        lists = isinstance(sig, list) and isinstance(q, list) and isinstance(st, list)
+        if not lists or not len(sig) == len(q) == len(st):
             raise ValueError("corrupt ledger state: sigma, q and steps must be lists of one length")
         self.accountant = str(state.get("accountant", self.accountant))
         self.history_ = [(float(a), float(b), int(c)) for a, b, c in zip(sig, q, st)]
@@ -134,6 +141,11 @@ class DPSession:
         base = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
         self.module: torch.nn.Module
         self.optimizer: torch.optim.Optimizer
+        if noise_multiplier is not None and mode not in ("ghost", "hooks"):
+            raise ValueError(f"unknown grad_sample_mode {mode!r}; allowed: ghost, hooks")
+        from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+        from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
         if noise_multiplier is None:
             self.module, self.optimizer = model, base
         elif mode == "ghost":
@@ -147,8 +159,6 @@ class DPSession:
             self.optimizer = DPOptimizer(
                 base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                 expected_batch_size=expected_batch_size, loss_reduction="mean", generator=generator)
-        else:
-            raise ValueError(f"unknown grad_sample_mode {mode!r}; allowed: ghost, hooks")
         self._base = base
 
     def step(self, loss_per_example: torch.Tensor) -> float:
@@ -156,6 +166,8 @@ class DPSession:
         if loss_per_example.dim() != 1:
             raise ValueError("DP-SGD needs one loss per example (a 1-D tensor)")
         if self.mode == "ghost":
+            from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
             DPTensorFastGradientClipping(self.module, self.optimizer, loss_per_example, "mean").backward()  # type: ignore[arg-type]
         else:
             loss_per_example.mean().backward()
@@ -177,8 +189,9 @@ class DPSession:
 
     def close(self) -> torch.nn.Module:
         """Remove Opacus hooks and return the plain model."""
-        if isinstance(self.module, (GradSampleModule, GradSampleModuleFastGradientClipping)):
-            self.module.remove_hooks()
+        if self.module is not self.model:  # an Opacus wrapper: take its hooks and per-sample state off
+            wrapper: Any = self.module
+            wrapper.remove_hooks()
             for p in self.model.parameters():
                 for attr in ("grad_sample", "_forward_counter", "summed_grad"):
                     if hasattr(p, attr):

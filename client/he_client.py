@@ -98,7 +98,9 @@ def global_state(node: Any, request: Any, model: torch.nn.Module) -> dict[str, t
             for name in reference}
 
 
-def encode_update(node: Any, request: Any, model: torch.nn.Module, n_examples: int) -> tuple[ArrayRecord, dict[str, float]]:
+def encode_update(
+    node: Any, request: Any, model: torch.nn.Module, n_examples: int
+) -> tuple[ArrayRecord, dict[str, float]]:
     """The reply payload: plaintext weights, or the CKKS-encrypted weighted update."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if not node.cfg.he.enabled:

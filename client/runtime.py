@@ -195,13 +195,16 @@ def trainer_config(cfg: Config) -> TrainerConfig:
 def train_round(node: NodeState, request: Request, context: Context) -> TrainResult:
     """Load the global student, run the planned DP-SGD steps, return weights and the ledger."""
     cfg = node.cfg
-    seed = int(hashlib.sha256(f"{cfg.run.seed}/{node.partition_id}/{request.server_round}".encode()).hexdigest()[:8], 16)
+    seed_key = f"{cfg.run.seed}/{node.partition_id}/{request.server_round}"
+    seed = int(hashlib.sha256(seed_key.encode()).hexdigest()[:8], 16)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     data = _data(node, request.tokenizer)
     n = len(data)
     tconf = trainer_config(cfg)
-    teacher, provenance = (None, "none") if isinstance(tconf, SFTConfig) else _teacher(node, context, request.tokenizer, data)
+    teacher, provenance = (
+        (None, "none") if isinstance(tconf, SFTConfig) else _teacher(node, context, request.tokenizer, data)
+    )
     student = _global_student(node, request)
 
     ledger = Ledger(cfg.privacy.accountant)

@@ -1,14 +1,14 @@
 """``fedveil bench NAME [--data PATH] [--quick]``: run benchmarks and regenerate ``bench/REPORT.md``.
 
-NAME is one benchmark (``pii``, ``rollout``, ``audit``, ``he``, ``dpstep``, ``edgefd``, ``lm``,
-``lm-wikitext``, ``scale``) or ``all``. The benchmarks are files of the source checkout
-(``bench/*.py``), not part of the installed package; each runs in its own subprocess through
-``bench/run_all.py``, which records failures and goes on, then writes the report.
+NAME is one benchmark (``pii``, ``rollout``, ``audit``, ``he``, ``dpstep``, ``coldstart``, ``edgefd``,
+``lm``, ``lm-wikitext``, ``exposure``, ``exposure-wikitext``, ``scale``) or ``all``. The benchmarks are
+files of the source checkout (``bench/*.py``), not part of the installed package; each runs in its own
+subprocess through ``bench/run_all.py``, which records failures and goes on, then writes the report.
 
 ``--data PATH``: with ``all``, the folder holding the data sets (default ``../shared/data`` next to the
 repository); with one benchmark, that benchmark's own data path (``pii``: the presidio
-``synth_dataset_v2.json``; ``lm-wikitext``: the ``wikitext-2`` folder). A benchmark whose data is
-absent is reported as ``data not found``, not as a failure.
+``synth_dataset_v2.json``; ``lm-wikitext``, ``exposure-wikitext``: the ``wikitext-2`` folder). A
+benchmark whose data is absent is reported as ``data not found``, not as a failure.
 
 ``--quick`` runs smoke sizes, writes to ``bench/results/quick`` and ``bench/results/quick/REPORT.md``
 and leaves the full results alone; a full ``all`` run also refreshes README's results section when

@@ -200,7 +200,8 @@ def show(run_id: str = typer.Argument(..., help="run id (see `fedveil runs`)"),
     if fmt != "table":
         fail(f"--format {fmt!r} is not allowed; choose table or json")
     r = result["run"]
-    console.print(f"[bold]{r['id']}[/] {r['name']} — {r['status']} ({r['method']}, HE {'on' if r['he_enabled'] else 'off'})")
+    he = "on" if r["he_enabled"] else "off"
+    console.print(f"[bold]{r['id']}[/] {r['name']} — {r['status']} ({r['method']}, HE {he})")
     if r.get("error"):
         console.print(f"[red]error:[/] {r['error']}")
     console.print(r.get("privacy_statement") or "")
@@ -235,7 +236,8 @@ def config_cmd(config: Path | None = typer.Option(None, "-c", "--config", help=C
 def dashboard(db: str | None = typer.Option(None, "--db", help=DB_HELP),
               port: int = typer.Option(8501, "--port", help="TCP port"),
               address: str = typer.Option("127.0.0.1", "--address",
-                                          help="interface to bind (0.0.0.0 = all; the audit page shows canaries)")) -> None:
+                                          help="interface to bind (0.0.0.0 = all; "
+                                               "the audit page shows canaries)")) -> None:
     """Start the Streamlit dashboard over the store (read-only)."""
     from fedveil.dashboard_cmd import launch
     raise typer.Exit(launch(db_url(db), port, address=address))
@@ -247,8 +249,10 @@ app.command("audit")(audit_command)
 @app.command("bench")
 def bench_cmd(name: str = typer.Argument(..., help="benchmark name (pii, rollout, he, audit, edgefd, lm, dpstep, "
                                                     "scale) or 'all'"),
-              data: str | None = typer.Option(None, "--data", help="path to a real corpus where the benchmark takes one"),
-              quick: bool = typer.Option(False, "--quick", help="smoke-test sizes (minutes, not a measurement)")) -> None:
+              data: str | None = typer.Option(None, "--data",
+                                              help="path to a real corpus where the benchmark takes one"),
+              quick: bool = typer.Option(False, "--quick",
+                                         help="smoke-test sizes (minutes, not a measurement)")) -> None:
     """Run benchmarks; results go to bench/results/*.json and bench/REPORT.md."""
     from fedveil.bench_cmd import bench
     raise typer.Exit(bench(name, data, quick))
@@ -264,7 +268,8 @@ _register_deploy()
 
 @keys_app.command("init")
 def keys_init(out: Path = typer.Option(..., "--out", help="directory for secret.ctx, public.ctx, manifest.json"),
-              profile: str = typer.Option("compact", "--profile", help="CKKS profile: compact or conservative")) -> None:
+              profile: str = typer.Option("compact", "--profile",
+                                          help="CKKS profile: compact or conservative")) -> None:
     """Create the clients' secret CKKS context and the server's public one (files 0600)."""
     from privacy.he.errors import KeyMaterialError
     from privacy.he.keys import write_keys

@@ -284,9 +284,8 @@ def _coerce(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
         value = float(value)
         if value != value:  # NaN
             raise bad
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            raise bad
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise bad
     if m.get("choices") and value not in m["choices"]:
         raise bad
     if m.get("lo") is not None and value < m["lo"]:

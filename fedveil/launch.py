@@ -10,6 +10,7 @@ SuperLink state never mixes with another project's, and the detached local Super
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -111,18 +112,14 @@ def stop_superlink(flwr_home: Path, grace: float = 5.0) -> int:
     """Stop every process that runs under this FLWR_HOME; returns how many were signalled."""
     pids = _superlink_pids(flwr_home)
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(0.2)
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return len(pids)
 
 
@@ -184,7 +181,8 @@ def run_simulation(cfg: Config, *, flwr_home: Path, stream: bool = True, timeout
     override = flwr_home / f"run-{cfg.run.run_id}.toml"
     override.write_text(tomli_w.dumps(to_flower_tables(cfg)))
     cpus = cfg.federation.cpus_per_client
-    fed = f"num-supernodes={cfg.federation.clients} client-resources-num-cpus={int(cpus) if cpus.is_integer() else cpus}"
+    cpus_str = int(cpus) if cpus.is_integer() else cpus
+    fed = f"num-supernodes={cfg.federation.clients} client-resources-num-cpus={cpus_str}"
     gpus = 0.0
     if cfg.model.device != "cpu":
         import torch

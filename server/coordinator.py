@@ -47,7 +47,10 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
 
 
 def greet(grid: Grid, nodes: list[int], timeout: float, payload: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Send every node ``payload`` (e.g. the run's tokenizer); ask its partition id and record count (``query.hello``)."""
+    """Send every node ``payload`` (e.g. the run's tokenizer).
+
+    Asks each node its partition id and record count (``query.hello``).
+    """
     msgs = [Message(RecordDict({"config": ConfigRecord(payload)}), dst_node_id=n, message_type="query.hello")
             for n in nodes]
     info: dict[int, dict[str, Any]] = {}
@@ -133,7 +136,8 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     if done:
         restore_ledgers(grid, store, run_id, node_to_client, fed.round_timeout)
 
-    common: dict[str, Any] = {"tokenizer-sha256": hashlib.sha256(tok_json.encode()).hexdigest(), "he-scale": float(max(total_examples, 1))}
+    common: dict[str, Any] = {"tokenizer-sha256": hashlib.sha256(tok_json.encode()).hexdigest(),
+                              "he-scale": float(max(total_examples, 1))}
     kwargs = dict(store=store, run_id=run_id, node_to_client=node_to_client, min_clients=fed.min_clients,
                   max_payload_bytes=int(fed.max_payload_mb * 2**20), max_grad_norm=cfg.privacy.max_grad_norm,
                   fraction_train=fed.fraction_train, round_offset=done, checkpoint=checkpoint)

@@ -97,7 +97,9 @@ def _private_write(path: Path, data: bytes) -> None:
         raise
 
 
-def write_keys(out_dir: str | os.PathLike[str], profile_name: str = DEFAULT_PROFILE, *, overwrite: bool = False) -> Path:
+def write_keys(
+    out_dir: str | os.PathLike[str], profile_name: str = DEFAULT_PROFILE, *, overwrite: bool = False
+) -> Path:
     """Generate a key set and write ``secret.ctx``, ``public.ctx`` and ``manifest.json``.
 
     Parameters

@@ -187,7 +187,8 @@ def inspect_chunk(chunk: bytes, size: int, p: HEProfile, index: int) -> None:
     if len(scale) != 1 or not isinstance(scale[0], bytes) or len(scale[0]) != 8:
         raise CiphertextError("garbled", f"{where} has no scale")
     if struct.unpack("<d", scale[0])[0] != p.scale:
-        raise CiphertextError("wrong_params", f"{where} scale differs from profile {p.name!r} (2^{p.global_scale_bits})")
+        raise CiphertextError("wrong_params",
+                              f"{where} scale differs from profile {p.name!r} (2^{p.global_scale_bits})")
     ct = cts[0]
     if len(ct) < 16 or ct[:2] != _SEAL_MAGIC or ct[2] != 16:
         raise CiphertextError("garbled", f"{where} does not start with a SEAL header")

@@ -86,3 +86,47 @@ def test_book_keeping_rejects_unsupported_layers(dpstep_bench: ModuleType) -> No
     with pytest.raises(ValueError, match="does not support"):
         dpstep_bench.BookKeepingDP(build_lm("student-xs", 300), lr=1e-3, noise_multiplier=1.0,
                                    max_grad_norm=1.0, expected_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def exposure_bench() -> ModuleType:
+    return _load("exposure_bench")
+
+
+def test_exposure_bench_quick(exposure_bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "exposure.json"
+    assert exposure_bench.main(["--quick", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["canaries"]["inserted_exposure"] == 3 and record["canaries"]["copies"] >= 1 + 4 + 16
+    assert record["canaries"]["canary_tokens_masked"] > 0  # swing rows see the canary secrets as private
+    assert set(record["summary"]) == {"dp-sft", "dp-kd", "dp-opd", "dp-opd+swing", "finetuned", "kd", "kd+swing"}
+    for run in record["runs"]:
+        assert set(run["exposure_by_repetitions"]) == {"0", "1", "4", "16"}
+        n_ref = record["canaries"]["references_per_format"]
+        low = math.log2(n_ref) - math.log2(n_ref + 1)  # every reference beats the canary (ties count against it)
+        assert all(low - 1e-9 <= e <= math.log2(n_ref) + 1e-9 for v in run["exposure_by_repetitions"].values()
+                   for e in v)
+        if run["dp"]:
+            assert run["epsilon"] <= 2.0 and run["epsilon_recomputed_prv"] == pytest.approx(run["epsilon"], abs=1e-6)
+        else:
+            assert "epsilon" not in run and run["grad_sample_mode"] == "non-private"
+    assert {"kd+swing vs kd", "dp-opd+swing vs dp-opd", "memorisation"} <= set(record["comparisons"])
+
+
+def test_swing_comparison_uses_excess_over_controls(exposure_bench: ModuleType) -> None:
+    from bench.report_exposure import swing_rows
+
+    def entry(floor: float, top: float, ppl: float, dp: bool = False) -> dict:
+        return {"dp": dp, "seeds": 2, "exposure": {"0": (floor, 0.1), "16": (top, 0.2)}, "heldout_ppl": (ppl, 1.0),
+                "memorised": 0, "memo_audited": 10, "epsilon": None, "epsilon_lb": 0.0}
+
+    summary = {"kd": entry(1.0, 6.0, 20.0), "kd+swing": entry(1.0, 1.5, 21.0)}
+    comp = exposure_bench.comparisons(summary, "16")["kd+swing vs kd"]
+    assert comp["excess_ratio"] == pytest.approx(0.5 / 5.0) and comp["ppl_ratio"] == pytest.approx(21.0 / 20.0)
+    result = {"data": "toy", "summary": summary, "comparisons": {"kd+swing vs kd": comp},
+              "canaries": {"references_per_format": 1000}, "settings": {"max_length": 64}}
+    row = swing_rows({"exposure": result}, {})[0]
+    assert row.held == "yes" and "90% lower" in row.fedveil
+    summary["kd+swing"] = entry(1.0, 4.0, 21.0)
+    result["comparisons"] = exposure_bench.comparisons(summary, "16")
+    assert swing_rows({"exposure": result}, {})[0].held == "partly"  # 40% lower: below the published 80%

@@ -110,7 +110,8 @@ def test_missing_results_give_not_run_rows(tmp_path: Path) -> None:
     assert held["distillation vs fine-tuning memorisation"] == "not measured"
     assert held["DP-SGD step vs non-private step"] == "not run"
     assert held["load: 100 clients, 10 sampled, 5 rounds"] == "not run"
-    assert len(rows) == 5 + 7  # five claims; dpstep, he, rollout, audit, scale, load, demo
+    assert len(rows) == 5 + 8  # five claims; dpstep, he, rollout, audit, coldstart, scale, load, demo
+    assert held["ClientApp cold start (fresh process per message), lazy vs eager imports"] == "not run"
 
 
 def test_run_all_status_shows_failures_and_missing_data(tmp_path: Path) -> None:

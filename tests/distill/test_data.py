@@ -120,7 +120,7 @@ def test_luhn_reference_values() -> None:
 
 def test_record_length_and_topics(records: list[PrivateRecord]) -> None:
     words = [len(r.text.split()) for r in records]
-    assert 15 <= min(words) and max(words) <= 90
+    assert min(words) >= 15 and max(words) <= 90
     topics = Counter(r.topic for r in records)
     assert set(topics) == {0, 1, 2, 3}
     assert min(topics.values()) >= 40  # roughly uniform over 300 records

@@ -81,7 +81,8 @@ def _populate(store: Store, tmp_path: Path) -> str:
     for r, ppl, acc in ((1, 40.0, 0.2), (2, 25.0, 0.4)):
         _round(
             store, rid, r,
-            metrics=[MetricRow("perplexity", ppl), MetricRow("accuracy", acc), MetricRow("train_loss", 3.0 / r, client_index=0)],
+            metrics=[MetricRow("perplexity", ppl), MetricRow("accuracy", acc),
+                     MetricRow("train_loss", 3.0 / r, client_index=0)],
             ledger=[_ledger(0, 0.5 * r, 10 * r), _ledger(1, 0.7 * r, 12 * r)],
             he=[HERow("compact", 1000, client_index=0, encrypt_seconds=0.1),
                 HERow("compact", 900, aggregate_seconds=0.02, max_abs_error=1e-7)],
@@ -95,7 +96,8 @@ def _populate(store: Store, tmp_path: Path) -> str:
         CanaryRow("r0", 0, "my account number is {d}", "654321", 0, False, one_run=True),
     ])
     store.add_audit(rid, "exposure", "student", params={"n_ref": 16}, summary={"max": 3.0},
-                    exposures=[ExposureRow("c0", 4, 12.5, 3.0, 16, 3.4), ExposureRow("c1", 16, 2.0, 4.0, 16, 40.0, True)])
+                    exposures=[ExposureRow("c0", 4, 12.5, 3.0, 16, 3.4),
+                               ExposureRow("c1", 16, 2.0, 4.0, 16, 40.0, True)])
     store.add_audit(rid, "exposure", "teacher", client_index=0, exposures=[ExposureRow("c0", 4, 10.0, 2.5, 16)])
     store.add_audit(rid, "mia", "global", server_round=2, summary={"auc": 0.51, "tpr_at_1pct": float("nan")})
     store.add_epsilon_bound(rid, method="clopper-pearson", epsilon_lb=0.3, accountant_epsilon=1.4)

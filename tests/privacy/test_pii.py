@@ -51,7 +51,8 @@ def test_phone_positive(phone: str) -> None:
     assert found("PHONE_NUMBER", f"call me at {phone} today") == [phone]
 
 
-@pytest.mark.parametrize("text", ["on 2001-04-16 we met", "on 12.05.2023 we met", "zip 75534-030 here", "1.5 3", "+12 34"])
+@pytest.mark.parametrize("text", ["on 2001-04-16 we met", "on 12.05.2023 we met", "zip 75534-030 here",
+                                  "1.5 3", "+12 34"])
 def test_phone_negative(text: str) -> None:
     assert found("PHONE_NUMBER", text) == []
 
@@ -73,7 +74,8 @@ def test_credit_card() -> None:
 
 def test_us_ssn() -> None:
     assert found("US_SSN", "SSN: 460-89-9847.") == ["460-89-9847"]
-    for bad in ["000-12-3456", "666-12-3456", "912-12-3456", "123-00-4567", "123-45-0000", "1234-56-7890", "460 89 9847"]:
+    for bad in ["000-12-3456", "666-12-3456", "912-12-3456", "123-00-4567", "123-45-0000", "1234-56-7890",
+                "460 89 9847"]:
         assert found("US_SSN", f"ssn {bad}") == [], bad
 
 
@@ -85,7 +87,8 @@ def test_iban() -> None:
 
 
 def test_ip_addresses() -> None:
-    text = "hosts 192.168.1.254, 10.0.0.1. and 6e40:4041:c617:e898:c11:40d2:c669:2eb4 or ::1 or fe80::1ff:fe23:4567:890a"
+    text = ("hosts 192.168.1.254, 10.0.0.1. and 6e40:4041:c617:e898:c11:40d2:c669:2eb4 "
+            "or ::1 or fe80::1ff:fe23:4567:890a")
     assert found("IP_ADDRESS", text) == [
         "192.168.1.254", "10.0.0.1", "6e40:4041:c617:e898:c11:40d2:c669:2eb4", "::1", "fe80::1ff:fe23:4567:890a",
     ]

@@ -145,8 +145,8 @@ def test_tampered_ciphertext_is_rejected_by_he_strategy(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     run_id = store.create_run(to_dict(cfg), name="t", method="dp-sft", task="synthetic-text", he_enabled=True,
                               num_clients=3, num_rounds=1, seed=0)
-    s = HEFedAvg(cfg=cfg, run_dir=tmp_path, template=_arrays(0.0), store=store, run_id=run_id, node_to_client={0: 0, 1: 1, 2: 2},
-                 min_clients=2, max_payload_bytes=10**8, max_grad_norm=1.0)
+    s = HEFedAvg(cfg=cfg, run_dir=tmp_path, template=_arrays(0.0), store=store, run_id=run_id,
+                 node_to_client={0: 0, 1: 1, 2: 2}, min_clients=2, max_payload_bytes=10**8, max_grad_norm=1.0)
     s.round = RoundLog(started_at=datetime.now(UTC), t0=0.0)
     s._sampled_nodes = {0, 1, 2}
     secret = load_secret_context(keys / "secret.ctx")
