@@ -1,4 +1,4 @@
-"""Report rows and table from the exposure benchmark (``exposure[-wikitext].json``) and the cold start.
+"""Report rows and table from the exposure benchmark (``exposure[-wikitext].json``).
 
 Exposure is the rank exposure of ALGORITHMS.md §8 against ``n_ref`` never-inserted candidates
 (at most log2(n_ref) bits). Never-inserted controls ("0 repetitions") measure its floor: a model that
@@ -125,19 +125,3 @@ def exposure_table(results: Results) -> list[str]:
                          f"{v['epsilon_lb']:.2f} |")
         lines.append("")
     return lines or ["_exposure bench not run._"]
-
-
-def perf_coldstart(results: Results, status: Mapping[str, str]) -> Row:
-    """ClientApp cold start with lazy Opacus / audit imports vs the eager imports they replaced."""
-    claim, goal = "ClientApp cold start (fresh process per message), lazy vs eager imports", "< 1× (faster)"
-    res = results.get("coldstart")
-    if res is None:
-        return _missing(claim, goal, "coldstart", status)
-    v = res["variants"]
-    lazy, eager = v["lazy (now)"], v["eager (before)"]
-    ratio = res["ratio_wall_lazy_over_eager"]
-    return Row(claim, goal, f"{lazy['wall_median_s']:.2f} s vs {eager['wall_median_s']:.2f} s = ×{ratio:.2f}",
-               "yes" if ratio < 1 and not res.get("opacus_imported_by_client_app") else "no",
-               f"Median of {res['repeats']} fresh interpreters each; CPU ×{res['ratio_cpu_lazy_over_eager']:.2f} "
-               f"({res['saved_cpu_s']:.2f} CPU-s saved per hello/evaluate message); torch and transformers "
-               "remain the bulk of the start-up." + _quick(res))

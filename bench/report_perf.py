@@ -187,10 +187,14 @@ def _load(row: Mapping[str, Any]) -> str:
 
 def performance(results: Results, status: Mapping[str, str]) -> list[Row]:
     """Every performance row of issue 9, in the issue's order."""
-    from bench.report_exposure import perf_coldstart
+    from bench.report_runtime import perf_coldstart, perf_demo
 
+    scale = perf_scale(results, status)
+    demo = perf_demo(results, status)
+    if demo is not None:  # the dedicated demo run replaces the scale bench's demo row
+        scale = [r for r in scale if r.claim != "default demo end to end"]
     return [*perf_dpstep(results, status), *perf_he(results, status), perf_rollout(results, status),
-            perf_audit(results, status), perf_coldstart(results, status), *perf_scale(results, status)]
+            perf_audit(results, status), perf_coldstart(results, status), *scale, *(demo or [])]
 
 
 def scale_table(results: Results) -> list[str]:

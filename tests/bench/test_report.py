@@ -216,3 +216,19 @@ def test_scale_config_is_a_valid_fedveil_config(tmp_path: Path) -> None:
         assert cfg.train.method == "dp-sft" and not cfg.audit.enabled and cfg.he.enabled == (clients > 50)
     with pytest.raises(ValueError, match="clients, sampled and rounds"):
         scale_bench.scale_config(0, 10, 3, False, tmp_path)
+
+
+def test_demo_rows_give_the_he_ratio_and_replace_the_scale_demo_row() -> None:
+    on = {"status": "completed", "round_s": [300.0, 60.0, 60.0], "wall_s": 700.0, "peak_tree_pss_mb": 3000.0,
+          "perplexity": [900.0, 800.0, 700.0], "load_avg": [1.0, 1.0, 1.0]}
+    off = {**on, "round_s": [280.0, 40.0, 40.0], "perplexity": [900.0, 800.0, 700.5]}
+    dep = {"status": "completed", "round_s": [600.0, 120.0, 120.0], "nodes": 4, "perplexity": [700.2]}
+    demo = {"runs": {"on": on, "off": off, "deploy": dep}, "round_s_ratio_he_over_plain": 420.0 / 360.0,
+            "round_s_ratio_deploy_over_simulation": 840.0 / 420.0}
+    listed = performance({"demo": demo}, {})
+    rows = {r.claim: r for r in listed}
+    he = rows["whole federated round with vs without HE [default run]"]
+    assert he.fedveil == "140 s vs 120 s per round = ×1.17" and "700.00 vs 700.50" in he.analysis
+    assert rows["deployment vs simulation per round [default run, HE on]"].fedveil == "280 s vs 140 s = ×2.00"
+    demo_rows = [r for r in listed if r.claim == "default demo end to end"]
+    assert len(demo_rows) == 1 and demo_rows[0].fedveil.startswith("700 s wall")
