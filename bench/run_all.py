@@ -16,7 +16,8 @@ to the repository root); ``--data-path PATH`` overrides the data path of a singl
 
 Expected duration on the shared 2-core machine (one thread each): quick ~10 min; full ~2.5–3 h
 (lm ~15 min, lm-wikitext ~15 min, exposure and exposure-wikitext ~15 min each, coldstart ~2 min,
-edgefd ~9 min, he ~8 min, dpstep ~3 min, audit/rollout/pii ~1 min each,
+edgefd ~9 min, he ~8 min, dpstep ~3 min, audit/rollout/pii ~1 min each, demo (default run with HE on,
+off and deployed) ~45 min,
 scale ~80 min, measured at load average 9–15).
 """
 
@@ -67,6 +68,7 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("exposure", "exposure_bench.py", "exposure"),
     Bench("exposure-wikitext", "exposure_bench.py", "exposure-wikitext", data="wikitext-2",
           data_files=("valid.txt", "test.txt")),
+    Bench("demo", "demo_bench.py", "demo", args=("--deploy", "4")),
     Bench("scale", "scale_bench.py", "scale"),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)

@@ -39,6 +39,16 @@ class TokenisedRecords:
         return int(self.input_ids.shape[0])
 
 
+def record_prompt_length(n_tokens: int, prompt_length: int) -> int:
+    """Tokens of a record (BOS … EOS, ``n_tokens`` long) that form its prompt x (ALGORITHMS.md §4).
+
+    ``prompt_length``, but never more than half the record: a short record, such as an audit canary
+    (≈ 14 tokens), keeps a continuation y to learn, otherwise no method would ever train on its tokens
+    and the exposure audit would measure nothing.
+    """
+    return max(1, min(prompt_length, n_tokens // 2))
+
+
 def tokenise(tokenizer: object, texts: list[str], *, max_length: int, prompt_length: int,
              with_privacy: bool = True) -> TokenisedRecords:
     """Encode with BOS/EOS, right-pad, mark continuation targets and private tokens."""
@@ -56,7 +66,7 @@ def tokenise(tokenizer: object, texts: list[str], *, max_length: int, prompt_len
         row = [bos, *body, eos]
         ids[i, : len(row)] = torch.tensor(row)
         attn[i, : len(row)] = 1
-        target[i, prompt_length: len(row)] = 1.0
+        target[i, record_prompt_length(len(row), prompt_length): len(row)] = 1.0
         if source is not None and body:
             pi = source.token_privacy(text, offsets)
             priv[i, 1: 1 + len(body)] = torch.from_numpy(np.asarray(pi, dtype=np.float32))

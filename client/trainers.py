@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from client.dp import DPSession
-from client.textdata import TokenisedRecords
+from client.textdata import TokenisedRecords, record_prompt_length
 from distill.losses import causal_lm_ce, generalized_jsd, swing_kd_loss
 from distill.rollouts import sample_rollouts
 from privacy.pii import DetectorSource, PIIDetector
@@ -107,7 +107,7 @@ class LMTrainer:
         cfg = self.config
         assert isinstance(cfg, OPDConfig)
         tok = self.tokenizer
-        prompts = [row[: min(cfg.prompt_length, int(a.sum()))].tolist() for row, a in zip(ids, attn)]
+        prompts = [row[: record_prompt_length(int(a.sum()), cfg.prompt_length)].tolist() for row, a in zip(ids, attn)]
         roll = sample_rollouts(session.model, prompts, cfg.gen_length, eos_id=tok.eos_token_id,  # type: ignore[attr-defined]
                                pad_id=tok.pad_token_id, temperature=cfg.gen_temperature,  # type: ignore[attr-defined]
                                use_cache=True, generator=self.generator)

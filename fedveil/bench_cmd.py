@@ -1,7 +1,7 @@
 """``fedveil bench NAME [--data PATH] [--quick]``: run benchmarks and regenerate ``bench/REPORT.md``.
 
 NAME is one benchmark (``pii``, ``rollout``, ``audit``, ``he``, ``dpstep``, ``coldstart``, ``edgefd``,
-``lm``, ``lm-wikitext``, ``exposure``, ``exposure-wikitext``, ``scale``) or ``all``. The benchmarks are
+``lm``, ``lm-wikitext``, ``exposure``, ``exposure-wikitext``, ``demo``, ``scale``) or ``all``. The benchmarks are
 files of the source checkout (``bench/*.py``), not part of the installed package; each runs in its own
 subprocess through ``bench/run_all.py``, which records failures and goes on, then writes the report.
 

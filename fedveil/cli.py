@@ -247,15 +247,20 @@ app.command("audit")(audit_command)
 
 
 @app.command("bench")
-def bench_cmd(name: str = typer.Argument(..., help="benchmark name (pii, rollout, he, audit, edgefd, lm, dpstep, "
+def bench_cmd(name: str = typer.Argument(..., help="benchmark name (pii, rollout, audit, he, dpstep, coldstart, "
+                                                    "edgefd, lm, lm-wikitext, exposure, exposure-wikitext, demo, "
                                                     "scale) or 'all'"),
               data: str | None = typer.Option(None, "--data",
                                               help="path to a real corpus where the benchmark takes one"),
               quick: bool = typer.Option(False, "--quick",
                                          help="smoke-test sizes (minutes, not a measurement)")) -> None:
     """Run benchmarks; results go to bench/results/*.json and bench/REPORT.md."""
-    from fedveil.bench_cmd import bench
-    raise typer.Exit(bench(name, data, quick))
+    from fedveil.bench_cmd import BenchError, bench
+    try:
+        code = bench(name, data, quick)
+    except BenchError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
 
 
 def _register_deploy() -> None:

@@ -232,3 +232,13 @@ def test_demo_rows_give_the_he_ratio_and_replace_the_scale_demo_row() -> None:
     assert rows["deployment vs simulation per round [default run, HE on]"].fedveil == "280 s vs 140 s = ×2.00"
     demo_rows = [r for r in listed if r.claim == "default demo end to end"]
     assert len(demo_rows) == 1 and demo_rows[0].fedveil.startswith("700 s wall")
+
+
+def test_cli_names_an_unknown_benchmark_in_one_line() -> None:
+    import subprocess
+    import sys
+
+    fedveil = str(Path(sys.executable).with_name("fedveil"))
+    proc = subprocess.run([fedveil, "bench", "nope"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+    assert "unknown benchmark 'nope'; allowed: all, pii" in proc.stdout + proc.stderr
