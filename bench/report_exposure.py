@@ -17,6 +17,7 @@ from bench.report_rows import Results, Row, _missing, _quick, pm
 EXPOSURE_RESULTS = ("exposure", "exposure-wikitext")
 SWING_GOAL = 0.8  # published: exposure more than 80 % lower than plain KD
 MEMO_GOAL = 0.5   # published: distilled students memorise more than 50 % less than fine-tuned ones
+MIN_MEMORISED = 5  # below this many memorised records of the fine-tuned model, no rate comparison is made
 
 
 def _label(res: Mapping[str, Any], name: str) -> str:
@@ -42,8 +43,12 @@ def swing_rows(results: Results, status: Mapping[str, str]) -> list[Row]:
         ratio = main["excess_ratio"]
         drop = None if ratio is None else 1.0 - ratio
         held = ("inconclusive" if drop is None else "yes" if drop > SWING_GOAL else "partly" if drop > 0 else "no")
-        ours = (f"{main['repetitions']}× canaries: KD {main['plain_exposure']:.2f} → swing {main['swing_exposure']:.2f}"
-                f" bits" + ("" if drop is None else f" (excess over controls {drop * 100:.0f}% lower)"))
+        per = main.get("by_repetitions") or {str(main["repetitions"]): {"plain": main["plain_exposure"],
+                                                                       "swing": main["swing_exposure"]}}
+        reps = sorted(per, key=int)
+        ours = (f"exposure at {'/'.join(reps)}×: KD " + "/".join(f"{per[r]['plain']:.2f}" for r in reps)
+                + " → swing " + "/".join(f"{per[r]['swing']:.2f}" for r in reps) + " bits"
+                + ("" if drop is None else f" (summed excess over controls {drop * 100:.0f}% lower)"))
         dp_text = ""
         if dp is not None:
             dp_drop = None if dp["excess_ratio"] is None else 1 - dp["excess_ratio"]
@@ -73,6 +78,9 @@ def memorisation_rows(results: Results) -> list[Row]:
                 f"{kd['memo_audited']}, teacher {teacher.get('memorised', '?')}/{teacher.get('memo_audited', '?')}")
         if not rate["finetuned"]:
             held, why = "inconclusive", "the fine-tuned model memorised no record either: no reduction to measure"
+        elif ft["memorised"] < MIN_MEMORISED:
+            held, why = "inconclusive", (f"the fine-tuned model memorised only {ft['memorised']} record(s), too few "
+                                         "to compare rates")
         else:
             drop = 1 - (rate["kd"] or 0.0) / rate["finetuned"]
             held = "yes" if drop > MEMO_GOAL else "partly" if drop > 0 else "no"

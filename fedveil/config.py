@@ -106,7 +106,7 @@ class DistillConfig:
     temperature: float = _opt(1.0, "distillation temperature tau_d", lo=1e-3)
     gen_temperature: float = _opt(1.0, "rollout sampling temperature gamma", lo=0.0)
     gen_length: int = _opt(24, "tokens generated per on-policy rollout", lo=1)
-    prompt_length: int = _opt(16, "prompt tokens kept before the continuation", lo=1)
+    prompt_length: int = _opt(16, "prompt tokens before the continuation (at most half of a record)", lo=1)
     swing: bool = _opt(True, "swing-style per-token temperature and noise (§5)")
     tau0: float = _opt(1.0, "swing base temperature", lo=1e-3)
     tau_max: float = _opt(8.0, "swing temperature on private tokens", lo=1e-3)
