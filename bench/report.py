@@ -139,7 +139,8 @@ def build_report(results: Results, status: Mapping[str, str], now: dt.datetime, 
                    row_cells(performance(results, status)))
     lines += ["", "## Canary exposure by method", "",
               "Mean rank exposure (bits) of the inserted canaries by repetition count (0× = never-inserted "
-              "controls, the floor), same teacher, same public initialisation, same steps; DP rows at ε = 2.", ""]
+              "controls, the floor), same teacher and public initialisation for every student; DP rows at ε = 2 "
+              "(`--steps`, 60), non-private rows for `--nondp-steps` (480).", ""]
     lines += exposure_table(results)
     lines += ["", "## Federation scale", "",
               "`fedveil run` subprocesses (DP-SFT, student-xs, audits off), 10 clients sampled per round. "
