@@ -1,4 +1,5 @@
-"""Smoke tests: the LM and DP-step benchmarks run end to end in --quick mode and their checks hold.
+"""Smoke tests: every benchmark but the federation-scale and demo runs (minutes even when quick) runs end to
+end in --quick mode, and the properties it checks hold.
 
 These test that the benchmark code works and that the properties it asserts are real (stored ε within
 budget and equal to an independent recomputation; exact per-sample gradients of the prototype
@@ -130,3 +131,51 @@ def test_swing_comparison_uses_excess_over_controls(exposure_bench: ModuleType) 
     summary["kd+swing"] = entry(1.0, 4.0, 21.0)
     result["comparisons"] = exposure_bench.comparisons(summary, "16")
     assert swing_rows({"exposure": result}, {})[0].held == "partly"  # 40% lower: below the published 80%
+
+
+@pytest.mark.parametrize("name", ["rollout", "he", "audit", "coldstart"])
+def test_quick_benchmarks_run_and_their_checks_hold(name: str, tmp_path: Path) -> None:
+    out = tmp_path / f"{name}.json"
+    assert _load(f"{name}_bench").main(["--quick", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    if name == "rollout":  # measured, never asserted: speed is the benchmark's output, not a test condition
+        assert all(record["results"][k]["tokens_per_s"] > 0 for k in ("kv_cache", "no_cache"))
+    elif name == "he":
+        for row in record["results"]:
+            assert row["max_abs_error"] < 1e-3 and row["bytes_per_value_up"] > 0
+    elif name == "audit":
+        assert record["max_abs_diff_bits_batched_vs_single"] < 1e-3
+    else:
+        assert record["opacus_imported_by_client_app"] is False
+        assert all(v["wall_median_s"] > 0 for v in record["variants"].values())
+
+
+def test_edgefd_bench_quick(tmp_path: Path) -> None:
+    out = tmp_path / "edgefd.json"
+    _load("edgefd_bench").main(["--quick", "--out", str(out)])
+    summary = json.loads(out.read_text())["summary"]
+    assert set(summary) == {"iid", "weak", "strong"}
+    for split in summary.values():
+        assert {"local", "fedavg", "fd", "fd_kmeans"} <= set(split)
+
+
+def test_pii_bench_scores_a_small_labelled_file(tmp_path: Path) -> None:
+    text = "Mail jane.doe@example.com or call 555-123-4567 today."
+    data = tmp_path / "tiny.json"
+    data.write_text(json.dumps([{"full_text": text, "spans": [
+        {"entity_type": "EMAIL_ADDRESS", "start_position": 5, "end_position": 25},
+        {"entity_type": "PHONE_NUMBER", "start_position": 34, "end_position": 46}]}]))
+    out = tmp_path / "pii.json"
+    assert _load("pii_bench").main(["--data", str(data), "--out", str(out)]) == 0
+    micro = json.loads(out.read_text())["detector"]["micro"]
+    assert micro["tp"] + micro["fn"] == 2 and 0.0 <= micro["precision"] <= 1.0
+    assert _load("pii_bench").main(["--data", str(tmp_path / "missing.json")]) == 2
+
+
+@pytest.mark.slow
+def test_demo_bench_quick_records_rounds_and_perplexity(tmp_path: Path) -> None:
+    out = tmp_path / "demo.json"
+    assert _load("demo_bench").main(["--quick", "--he", "on", "--out", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"]["on"]
+    assert run["status"] == "completed" and len(run["round_s"]) == 1 and run["round_s"][0] > 0
+    assert len(run["perplexity"]) == 1 and run["perplexity"][0] > 1.0
