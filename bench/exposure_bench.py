@@ -60,14 +60,14 @@ from bench.lm_bench import (
 )
 from client.audit_measures import AuditData, audit_client_models, client_canaries
 from client.dp import default_delta, plan_noise
-from client.textdata import TokenisedRecords
+from client.textdata import tokenise
 from client.trainers import KDConfig, OPDConfig, SFTConfig, TrainerConfig
 from distill.models import build_lm
 from distill.tokenizer import train_tokenizer
 from fedveil.config import load_config
 from privacy.audit.memorisation import extraction_check
 from privacy.audit.plan import insert_planned, is_one_run, reference_candidates, run_canary_plan, training_encode
-from privacy.pii import CanaryMaskSource
+from privacy.pii import CanaryMaskSource, DetectorSource, MaxSource, PIIDetector
 
 # name → (trainer config, teacher provenance, DP-SGD at ε, swing π from detector + canary mask)
 Method = tuple[TrainerConfig, str, bool, bool]
@@ -85,19 +85,6 @@ def method_table(gen_length: int, prompt_length: int) -> dict[str, Method]:
         "kd": (KDConfig(), teacher, False, False),
         "kd+swing": (KDConfig(swing=True), teacher, False, True),
     }
-
-
-def with_canary_mask(tokenizer: Any, data: TokenisedRecords, secrets: list[str]) -> TokenisedRecords:
-    """``data`` with π raised to 1 on every token overlapping an inserted canary secret."""
-    source = CanaryMaskSource(secrets)
-    privacy = data.privacy.clone()
-    width = privacy.shape[1] - 2  # BOS + at most max_length − 2 body tokens + EOS, as in tokenise()
-    for i, text in enumerate(data.texts):
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"][:width]
-        if offsets:
-            pi = torch.from_numpy(np.asarray(source.token_privacy(text, offsets), dtype=np.float32))
-            privacy[i, 1: 1 + len(offsets)] = torch.maximum(privacy[i, 1: 1 + len(offsets)], pi)
-    return replace(data, privacy=privacy)
 
 
 def exposure_by_repetitions(audit: dict[str, Any]) -> dict[str, list[float]]:
@@ -134,7 +121,9 @@ def build(corpus: Corpus, args: Any) -> tuple[Setup, Setup, AuditData, dict[str,
     private = insert_planned(cfg, 0, list(corpus.private), plan)
     setup = prepare(replace(corpus, private=private), args, tokenizer=tok)
     secrets = [c.secret for c in plan if c.inserted]
-    masked = replace(setup, train=with_canary_mask(tok, setup.train, secrets))
+    source = MaxSource(DetectorSource(PIIDetector()), CanaryMaskSource(secrets))
+    masked = replace(setup, train=tokenise(tok, private, max_length=args.max_length, prompt_length=args.prompt_length,
+                                           source=source))
     data = AuditData(encode=encode, members=list(corpus.private), nonmembers=list(corpus.heldout),
                      max_length=args.max_length, canaries=client_canaries(plan, 0),
                      references=reference_candidates(cfg, encode, plan), delta=default_delta(len(private)))

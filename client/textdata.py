@@ -19,7 +19,7 @@ from distill.partition import partition
 from fedveil.config import Config
 from privacy.audit.canaries import Canary
 from privacy.audit.plan import insert_planned, run_canary_plan, training_encode
-from privacy.pii import DetectorSource, PIIDetector
+from privacy.pii import DetectorSource, PIIDetector, PrivacySource
 
 PUBLIC_SEED_OFFSET = 7919  # public corpus seed differs from every private seed
 HELDOUT_SEED_OFFSET = 104729
@@ -50,11 +50,17 @@ def record_prompt_length(n_tokens: int, prompt_length: int) -> int:
 
 
 def tokenise(tokenizer: object, texts: list[str], *, max_length: int, prompt_length: int,
-             with_privacy: bool = True) -> TokenisedRecords:
-    """Encode with BOS/EOS, right-pad, mark continuation targets and private tokens."""
+             with_privacy: bool = True, source: PrivacySource | None = None) -> TokenisedRecords:
+    """Encode with BOS/EOS, right-pad, mark continuation targets and private tokens.
+
+    π comes from ``source`` (default: the PII detector) when ``with_privacy``, else it is 0.
+    """
     tok = tokenizer
     pad, bos, eos = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id  # type: ignore[attr-defined]
-    source = DetectorSource(PIIDetector()) if with_privacy else None
+    if with_privacy and source is None:
+        source = DetectorSource(PIIDetector())
+    elif not with_privacy:
+        source = None
     n = len(texts)
     ids = torch.full((n, max_length), pad, dtype=torch.long)
     attn = torch.zeros((n, max_length), dtype=torch.long)

@@ -382,6 +382,19 @@ class CanaryMaskSource:
         return spans_to_token_privacy(offsets, self.spans(text))
 
 
+class MaxSource:
+    """:class:`PrivacySource` taking, per token, the largest π of several sources (e.g. the detector
+    and, in audits, the known canary mask: ALGORITHMS.md §5 step 1)."""
+
+    def __init__(self, *sources: PrivacySource) -> None:
+        if not sources:
+            raise ValueError("MaxSource needs at least one source")
+        self.sources = sources
+
+    def token_privacy(self, text: str, offsets: Sequence[tuple[int, int]]) -> np.ndarray:
+        return np.maximum.reduce([s.token_privacy(text, offsets) for s in self.sources])
+
+
 PRIVACY_SOURCES: dict[str, Callable[..., PrivacySource]] = {
     "detector": DetectorSource,
     "canary": CanaryMaskSource,

@@ -11,6 +11,7 @@ from privacy.pii import (
     RECOGNIZERS,
     CanaryMaskSource,
     DetectorSource,
+    MaxSource,
     PIIDetector,
     PIISpan,
     PrivacySource,
@@ -182,6 +183,18 @@ def test_canary_source(tokenizer: Tokenizer) -> None:
         CanaryMaskSource([])
     with pytest.raises(TypeError):
         CanaryMaskSource("secret")
+
+
+def test_max_source_takes_the_larger_privacy_per_token(tokenizer: Tokenizer) -> None:
+    text = "ssn 123-45-6789 and account 3 8 1 9"
+    enc = tokenizer.encode(text)
+    detector, canary = DetectorSource(PIIDetector(["US_SSN"])), CanaryMaskSource(["3 8 1 9"])
+    both = MaxSource(detector, canary).token_privacy(text, enc.offsets)
+    d, c = detector.token_privacy(text, enc.offsets), canary.token_privacy(text, enc.offsets)
+    assert d.sum() > 0 and c.sum() > 0 and not np.any((d > 0) & (c > 0))  # disjoint spans
+    np.testing.assert_array_equal(both, np.maximum(d, c))
+    with pytest.raises(ValueError):
+        MaxSource()
 
 
 def test_source_registry() -> None:
