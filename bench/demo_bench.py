@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,50 +36,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from bench.common import write_result
-from bench.scale_bench import FEDVEIL, TreeMemory, measure
+from bench.scale_bench import measure
 
 QUICK = ["--set", "federation.clients=2", "--set", "federation.rounds=1", "--set", "data.records_per_client=24",
          "--set", "data.public_records=200", "--set", "data.heldout_records=16", "--set", "data.vocab_size=400",
          "--set", "train.local_steps=2", "--set", "train.teacher_steps=3", "--set", "audit.enabled=false"]
-
-
-def perplexities(db: str, run_id: str) -> list[float]:
-    """The global student's held-out perplexity after each round, from the store."""
-    from fedveil.store import RunNotFound, Store
-
-    with Store(db) as store:
-        try:
-            metrics = store.get_run(run_id)["metrics"]
-        except RunNotFound:
-            return []
-    return [m["value"] for m in sorted(metrics, key=lambda m: m["round"])
-            if m["name"] == "perplexity" and m["client"] is None]
-
-
-def deploy_run(extra: list[str], *, run_dir: Path, db: str, nodes: int, timeout: float) -> dict[str, Any]:
-    """``fedveil deploy local`` (TLS SuperLink, authenticated SuperNodes, one ClientApp process per message)
-    with the same configuration; per-round wall times from the store."""
-    from fedveil.store import RunNotFound, Store
-
-    run_id = "demo-deploy"
-    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200", TOKENIZERS_PARALLELISM="false")
-    cmd = [FEDVEIL, "deploy", "local", "--nodes", str(nodes), *extra, "--set", f"run.run_id='{run_id}'",
-           "--set", f"run.run_dir='{run_dir}'", "--db", db, "--quiet", "--timeout", str(timeout)]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with TreeMemory(proc.pid, str(run_dir / "no-flwr-home")) as mem:
-        output, _ = proc.communicate()
-    row: dict[str, Any] = {"exit_code": proc.returncode, "wall_s": time.perf_counter() - start,
-                           "peak_tree_pss_mb": mem.peak_mb_, "nodes": nodes}
-    with Store(db) as store:
-        try:
-            shown = store.get_run(run_id)
-        except RunNotFound:
-            return {**row, "status": "not recorded", "error": output[-1500:]}
-    rounds = [r for r in shown["rounds"] if r["status"] == "completed"]
-    row.update(status=shown["run"]["status"], error=shown["run"].get("error"),
-               round_s=[float(r["wall_seconds"]) for r in rounds], rounds_completed=len(rounds))
-    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,18 +66,18 @@ def main(argv: list[str] | None = None) -> int:
             row = measure(extra, run_dir=run_dir, db=db, run_id=f"demo-he-{setting}", timeout=args.timeout,
                           audits=setting == "on")
             row["load_avg"] = list(os.getloadavg())
-            row["perplexity"] = perplexities(db, f"demo-he-{setting}")
             runs[setting] = row
-            print(f"HE {setting}: status {row.get('status')}, rounds {row.get('round_s')}, ppl {row['perplexity']}, "
-                  f"wall {row['wall_s']:.0f} s,"
-                  f" peak {row['peak_tree_pss_mb']:.0f} MiB, load {row['load_avg'][0]:.1f}", flush=True)
+            print(f"HE {setting}: status {row.get('status')}, rounds {row.get('round_s')}, "
+                  f"ppl {row.get('perplexity')}, wall {row['wall_s']:.0f} s, peak {row['peak_tree_pss_mb']:.0f} MiB, "
+                  f"load {row['load_avg'][0]:.1f}", flush=True)
         if args.deploy:
             run_dir = Path(tmp) / "deploy"
             run_dir.mkdir()
-            row = deploy_run(QUICK if args.quick else [], run_dir=run_dir, db=db, nodes=args.deploy,
-                             timeout=args.timeout)
-            row["load_avg"] = list(os.getloadavg())
-            row["perplexity"] = perplexities(db, "demo-deploy")
+            # TLS SuperLink, authenticated SuperNodes, one ClientApp process per message; same configuration.
+            deploy_args = ["--nodes", str(args.deploy), *(QUICK if args.quick else []), "--timeout", str(args.timeout)]
+            row = measure(deploy_args, run_dir=run_dir, db=db, run_id="demo-deploy", timeout=args.timeout,
+                          command=("deploy", "local"))
+            row.update(nodes=args.deploy, load_avg=list(os.getloadavg()))
             runs["deploy"] = row
             print(f"deployment: status {row.get('status')}, rounds {row.get('round_s')}, wall {row['wall_s']:.0f} s",
                   flush=True)

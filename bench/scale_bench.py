@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,15 +188,16 @@ def audit_summaries(shown: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_fedveil(args: list[str], *, run_dir: Path, db: str, run_id: str, timeout: float,
-                audits: bool = False) -> dict[str, Any]:
-    """One ``fedveil run`` subprocess; returns timings and memory from the launcher and the store.
+                audits: bool = False, command: Sequence[str] = ("run",)) -> dict[str, Any]:
+    """One ``fedveil run`` (or ``command``, e.g. ``deploy local``) subprocess; returns timings, memory and
+    the global perplexity per round from the store.
 
     With ``audits`` the run's audit summaries and ε lower bounds are added (the demo runs all audits).
     """
     from fedveil.store import RunNotFound, Store
 
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200", TOKENIZERS_PARALLELISM="false")
-    cmd = [FEDVEIL, "run", *args, "--set", f"run.run_id='{run_id}'", "--set", f"run.run_dir='{run_dir}'",
+    cmd = [FEDVEIL, *command, *args, "--set", f"run.run_id='{run_id}'", "--set", f"run.run_dir='{run_dir}'",
            "--db", db, "--quiet"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -225,7 +227,9 @@ def run_fedveil(args: list[str], *, run_dir: Path, db: str, run_id: str, timeout
                round_s_after_first_mean=statistics.fmean(later) if later else None,
                setup_s=wall - sum(secs), sampled_per_round=[r["num_sampled"] for r in shown["rounds"]],
                replied_per_round=[r["num_replied"] for r in shown["rounds"]],
-               peak_system_mb=run.get("peak_rss_mb"), run_wall_s=run.get("wall_seconds"))
+               peak_system_mb=run.get("peak_rss_mb"), run_wall_s=run.get("wall_seconds"),
+               perplexity=[m["value"] for m in sorted(shown["metrics"], key=lambda m: m["round"])
+                           if m["name"] == "perplexity" and m["client"] is None])
     if audits:
         row.update(audit_summaries(shown))
     return row
@@ -235,14 +239,15 @@ RAY_STARTUP = "timed out during startup"
 
 
 def measure(args: list[str], *, run_dir: Path, db: str, run_id: str, timeout: float,
-            audits: bool = False) -> dict[str, Any]:
+            audits: bool = False, command: Sequence[str] = ("run",)) -> dict[str, Any]:
     """:func:`run_fedveil`, retried once under a new run id when Ray's start-up timed out (an overloaded
     machine, not the run); the retry and its reason stay in the row."""
-    row = run_fedveil(args, run_dir=run_dir, db=db, run_id=run_id, timeout=timeout, audits=audits)
+    row = run_fedveil(args, run_dir=run_dir, db=db, run_id=run_id, timeout=timeout, audits=audits, command=command)
     log = run_dir / f"{run_id}.log"
     if row.get("status") != "completed" and log.is_file() and RAY_STARTUP in log.read_text(errors="replace"):
         print(f"[scale_bench] {run_id}: Ray start-up timed out; retrying once", flush=True)
-        retry = run_fedveil(args, run_dir=run_dir, db=db, run_id=f"{run_id}-retry", timeout=timeout, audits=audits)
+        retry = run_fedveil(args, run_dir=run_dir, db=db, run_id=f"{run_id}-retry", timeout=timeout, audits=audits,
+                            command=command)
         return {**retry, "retried_after": f"Ray start-up timed out (first attempt {row['wall_s']:.0f} s)"}
     return row
 
