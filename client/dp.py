@@ -141,20 +141,21 @@ class DPSession:
         base = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
         self.module: torch.nn.Module
         self.optimizer: torch.optim.Optimizer
-        if noise_multiplier is not None and mode not in ("ghost", "hooks"):
+        if noise_multiplier is None:  # plain Adam: no Opacus import at all
+            self.module, self.optimizer, self._base = model, base, base
+            return
+        if mode not in ("ghost", "hooks"):
             raise ValueError(f"unknown grad_sample_mode {mode!r}; allowed: ghost, hooks")
         from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
         from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 
-        if noise_multiplier is None:
-            self.module, self.optimizer = model, base
-        elif mode == "ghost":
+        if mode == "ghost":
             self.module = GradSampleModuleFastGradientClipping(
                 model, max_grad_norm=max_grad_norm, use_ghost_clipping=True, loss_reduction="mean")
             self.optimizer = DPOptimizerFastGradientClipping(
                 base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                 expected_batch_size=expected_batch_size, loss_reduction="mean", generator=generator)
-        elif mode == "hooks":
+        else:
             self.module = GradSampleModule(model, loss_reduction="mean")
             self.optimizer = DPOptimizer(
                 base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,

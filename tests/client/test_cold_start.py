@@ -28,3 +28,9 @@ def test_dp_session_imports_opacus_when_training() -> None:
             " max_grad_norm=1.0)\n"
             "DPSession(torch.nn.Linear(2, 1), lr=0.1, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=4)")
     assert "opacus" in _imported_after(code)
+
+
+def test_non_private_session_does_not_import_opacus() -> None:
+    code = ("import torch\nfrom client.dp import DPSession\n"
+            "DPSession(torch.nn.Linear(2, 1), lr=0.1, noise_multiplier=None, max_grad_norm=1.0, expected_batch_size=4)")
+    assert "opacus" not in _imported_after(code)
