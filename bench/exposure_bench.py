@@ -46,12 +46,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from bench.common import mean_std, quiet_accountant, set_threads, write_result
-from bench.lm_bench import (
+from bench.lm_bench import build_parser, finish_args
+from bench.lm_setup import (
     CPU,
     Corpus,
     Setup,
-    build_parser,
-    finish_args,
     perplexity,
     prepare,
     synthetic_corpus,
