@@ -5,7 +5,7 @@ Usage::
     nice -n 10 .venv/bin/python bench/dpstep_bench.py [--quick] [--threads 1] [--repeats 7]
 
 For each model (an ~8.4M-parameter Llama, and the default student preset ``student-xs``) every
-variant gets its own copy of the same initial weights, wrapped by :class:`client.dp.DPSession`
+variant gets its own copy of the same initial weights, wrapped by :class:`privacy.dp.DPSession`
 exactly as the trainers wrap students: ``non-private`` (plain Adam), ``ghost`` (fast gradient
 clipping) and ``hooks`` (materialised per-sample gradients). Steps of the variants are interleaved
 round by round so that load from other processes hits them alike; the median is reported.
@@ -37,7 +37,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from bench.common import median, set_threads, write_result
-from client.dp import DPSession
+from privacy.dp import DPSession
 from distill.losses import causal_lm_ce
 from distill.models import build_lm, count_parameters
 
@@ -77,7 +77,7 @@ class BookKeepingDP:
     backward passes (one for per-sample norms, one for the clipped sum). Here a single
     ``autograd.grad`` asks only for the gradients of every layer's *output*, so autograd skips all
     weight-gradient products; per-sample norms come from (activation, output-gradient) pairs
-    (ALGORITHMS.md §2: ‖Σ_t g_t a_tᵀ‖² = Σ_{t,s}(a_t·a_s)(g_t·g_s)), and the clipped sum
+    (docs/METHODS.md §2: ‖Σ_t g_t a_tᵀ‖² = Σ_{t,s}(a_t·a_s)(g_t·g_s)), and the clipped sum
     ``Σ_i c_i ∇ℓ_i`` is then formed directly from the same pairs, ``c_i = min(1, C/(‖∇ℓ_i‖ + 1e-6))``
     as in Opacus. Supports ``nn.Linear``, ``nn.Embedding`` and ``nn.RMSNorm`` (swap ``LlamaRMSNorm`` first).
     """

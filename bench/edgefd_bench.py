@@ -1,4 +1,4 @@
-"""EdgeFD-style benchmark: KMeans-filtered federated distillation on digits (ALGORITHMS.md §6).
+"""EdgeFD-style benchmark: KMeans-filtered federated distillation on digits (docs/METHODS.md §6).
 
 Runs in-process (no Flower), 10 clients, splits IID / weak non-IID / strong non-IID,
 four methods that share data, models and local-epoch budget:

@@ -1,4 +1,4 @@
-"""Canary exposure, memorisation and ε lower bounds per training method (ALGORITHMS.md §5, §8).
+"""Canary exposure, memorisation and ε lower bounds per training method (docs/METHODS.md §5, §8).
 
 Usage::
 
@@ -15,7 +15,7 @@ student from the same public initialisation for the same number of steps:
   memorised; at the DP rows' 60 steps no non-private student memorises any canary): fine-tuning (the
   comparison run of §8), plain KD, KD with swing-style targets.
 
-Swing-style targets take π from the PII detector **and** the known canary mask (ALGORITHMS.md §5 step 1,
+Swing-style targets take π from the PII detector **and** the known canary mask (docs/METHODS.md §5 step 1,
 "in audits, the known canary mask"): the detector alone does not flag space-separated digit secrets,
 so with it alone the canary tokens would be distilled exactly as in plain KD.
 
@@ -57,9 +57,9 @@ from bench.lm_setup import (
     train_student,
     wikitext_corpus,
 )
-from client.audit_measures import AuditData, audit_client_models, client_canaries
-from client.dp import default_delta, plan_noise
-from client.textdata import tokenise
+from privacy.audit.measures import AuditData, audit_client_models, client_canaries
+from privacy.dp import default_delta, plan_noise
+from distill.textdata import tokenise
 from client.trainers import KDConfig, OPDConfig, SFTConfig, TrainerConfig
 from distill.models import build_lm
 from distill.tokenizer import train_tokenizer

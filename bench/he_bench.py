@@ -1,4 +1,4 @@
-"""CKKS aggregation cost against a plaintext weighted mean (ALGORITHMS.md §7).
+"""CKKS aggregation cost against a plaintext weighted mean (docs/METHODS.md §7).
 
 For every profile and payload size, ``--clients`` clients each hold ``n`` float32
 values uniform in [-1, 1] and weights ``n_c / sum(n)``. The HE path encrypts

@@ -7,7 +7,7 @@ Usage::
 Everything runs in one process, without Flower: one client holds the whole private set; a teacher is
 trained on it without DP (provenance ``private-non-dp``, as in the default config) and frozen; every
 method then DP-trains the same student preset from the same initialisation with the same ε = 2, δ
-(``default_delta``), batch size, learning rate, clipping norm and number of steps (ALGORITHMS.md §2–§5).
+(``default_delta``), batch size, learning rate, clipping norm and number of steps (docs/METHODS.md §2–§5).
 
 * Data (a), the default: synthetic clinical records (``distill.data``), held-out records from another
   seed; the tokenizer and the optional student pre-training use the PII-free public corpus only.
@@ -56,7 +56,7 @@ from bench.lm_setup import (
     train_student,
     wikitext_corpus,
 )
-from client.dp import DPPlan, default_delta, plan_noise
+from privacy.dp import DPPlan, default_delta, plan_noise
 from client.trainers import KDConfig, OPDConfig, SFTConfig, TrainerConfig
 from distill.models import build_lm, count_parameters
 

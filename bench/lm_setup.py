@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from bench.common import quiet_accountant, recompute_epsilon
-from client.dp import DPPlan, DPSession, Ledger, poisson_batches, run_dp_steps
-from client.textdata import TokenisedRecords, public_corpus, tokenise
+from privacy.dp import DPPlan, DPSession, Ledger, poisson_batches, run_dp_steps
+from distill.textdata import TokenisedRecords, public_corpus, tokenise
 from client.trainers import LMTrainer, TrainerConfig, heldout_nll, train_teacher
 from distill.data import generate_private_records
 from distill.loaders import load_text_records

@@ -1,6 +1,6 @@
 """Report rows and table from the exposure benchmark (``exposure[-wikitext].json``).
 
-Exposure is the rank exposure of ALGORITHMS.md §8 against ``n_ref`` never-inserted candidates
+Exposure is the rank exposure of docs/METHODS.md §8 against ``n_ref`` never-inserted candidates
 (at most log2(n_ref) bits). Never-inserted controls ("0 repetitions") measure its floor: a model that
 learned nothing about a canary still ranks it somewhere, so reductions are computed on the excess
 over that floor.

@@ -27,7 +27,7 @@ log = logging.getLogger("fedveil.client")
 
 
 def _is_digits(context: Context) -> bool:
-    """The digits task (soft-label FD, ALGORITHMS.md §6) has its own client runtime."""
+    """The digits task (soft-label FD, docs/METHODS.md §6) has its own client runtime."""
     return str(context.run_config.get("data.task", "")) == "digits"
 
 
@@ -86,7 +86,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query("audit")
 def audit(msg: Message, context: Context) -> Message:
-    """End-of-run audits of this node's models (ALGORITHMS.md §8); replies with numbers only."""
+    """End-of-run audits of this node's models (docs/METHODS.md §8); replies with numbers only."""
     from client.audit_client import handle_audit
     return handle_audit(msg, context)
 

@@ -1,11 +1,11 @@
-"""Client side of the end-of-run audits: the ``query.audit`` handler (ALGORITHMS.md §8).
+"""Client side of the end-of-run audits: the ``query.audit`` handler (docs/METHODS.md §8).
 
 The server sends the final global weights (plaintext, or the CKKS aggregate the client decrypts)
 and the audit kinds. The client gathers the models it has — its teacher, its last local student,
 the global student — trains the two comparison models of the audit (a same-size student fine-tuned
 with plain cross-entropy on the same records for as many steps as its DP training took, and a
 reference model for the MIA), saves its teacher and student for on-demand audits, and replies with
-numbers only (:mod:`client.audit_measures`): no record, no canary text, no secret.
+numbers only (:mod:`privacy.audit.measures`): no record, no canary text, no secret.
 
 Reference model of the reference-difference MIA score: a same-size student trained with plain
 cross-entropy on the public corpus for the same number of steps (at least ``REFERENCE_MIN_STEPS``).
@@ -27,10 +27,10 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client import he_client, runtime
-from client.audit_measures import ALL_KINDS, AuditData, audit_client_models, client_canaries
-from client.dp import Ledger, default_delta
+from privacy.audit.measures import ALL_KINDS, AuditData, audit_client_models, client_canaries
+from privacy.dp import Ledger, default_delta
 from client.protocol import ProtocolError, require_config
-from client.textdata import canary_plan, heldout_shard, public_corpus, tokenise, with_canaries
+from distill.textdata import canary_plan, heldout_shard, public_corpus, tokenise, with_canaries
 from client.trainers import train_teacher
 from distill.models import build_lm, save_checkpoint
 from fedveil.config import Config
@@ -92,7 +92,7 @@ def finetune_baseline(cfg: Config, tokenizer: Any, train_texts: list[str], steps
                       device: torch.device) -> torch.nn.Module:
     """Same-size student, same initial weights as the global one, fine-tuned with plain (non-private)
     cross-entropy on the client's training records (canaries included) for ``steps`` steps (capped
-    at ``FINETUNE_MAX_STEPS``): the comparison run of the memorisation audit (ALGORITHMS.md §8)."""
+    at ``FINETUNE_MAX_STEPS``): the comparison run of the memorisation audit (docs/METHODS.md §8)."""
     steps = max(1, min(steps, FINETUNE_MAX_STEPS))
     return _train_plain(cfg, tokenizer, train_texts, steps, cfg.run.seed * 1000 + 500 + partition_id, device)
 

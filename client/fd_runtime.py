@@ -1,4 +1,4 @@
-"""Client side of the digits task: soft-label federated distillation (ALGORITHMS.md §5–§7).
+"""Client side of the digits task: soft-label federated distillation (docs/METHODS.md §5–§7).
 
 Message protocol (``data.task = "digits"``; every field is checked before use)
 
@@ -31,7 +31,7 @@ import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client.dp import Ledger, PrivacyBudgetExhausted
+from privacy.dp import Ledger, PrivacyBudgetExhausted
 from client.fd_train import DigitsNode, dp_plan, fit_filter, load_node, train_classifier
 from client.protocol import ProtocolError, require_config, require_int
 from distill.classifier import MLPClassifier, accuracy, make_classifier, predict_logits
@@ -172,7 +172,7 @@ def soft_label_upload(node: DigitsNode, model: torch.nn.Module, filt: KMeansDens
 
 def encode_upload(node: DigitsNode, context: Context, conf: ConfigRecord, arrays: dict[str, np.ndarray],
                   server_round: int) -> tuple[ArrayRecord, dict[str, float]]:
-    """Plaintext ArrayRecord, or one CKKS payload with every value weighted 1/K (ALGORITHMS.md §7)."""
+    """Plaintext ArrayRecord, or one CKKS payload with every value weighted 1/K (docs/METHODS.md §7)."""
     if not node.cfg.he.enabled:
         return ArrayRecord({k: Array(v) for k, v in arrays.items()}), {}
     from privacy.he.packing import HETimings, decrypt_payload, encrypt_arrays, payload_nbytes, payload_to_arrays

@@ -1,4 +1,4 @@
-"""Local training of a digits client: its data, its KMeans filter and (DP-)SGD rounds (ALGORITHMS.md §2, §6).
+"""Local training of a digits client: its data, its KMeans filter and (DP-)SGD rounds (docs/METHODS.md §2, §6).
 
 With ``privacy.enabled`` every step on private records is DP-SGD (Opacus, Poisson sampling,
 planned σ), so the classifier — and the soft labels computed from it, a post-processing — are
@@ -19,7 +19,7 @@ import numpy.typing as npt
 import torch
 from flwr.app import Context
 
-from client.dp import (
+from privacy.dp import (
     DPPlan,
     DPSession,
     Ledger,
@@ -31,10 +31,9 @@ from client.dp import (
 )
 from client.protocol import ProtocolError
 from distill.classifier import train_distill_epochs, train_epochs
-from distill.digits import ClientData, DigitsTask, client_splits, load_digits_task
+from distill.digits import ClientData, DigitsTask, digits_clients
 from distill.fd import kd_per_example
 from distill.kmeans_filter import KMeansDensityFilter
-from distill.partition import partition
 from fedveil.config import Config, from_run_config
 
 
@@ -59,27 +58,6 @@ class RoundOutcome:
 @lru_cache(maxsize=8)
 def _config(items: tuple[tuple[str, object], ...]) -> Config:
     return from_run_config(dict(items))
-
-
-@lru_cache(maxsize=4)
-def digits_clients(seed: int, proxy_size: int, n_clients: int, split: str, k: int,
-                   alpha: float) -> tuple[DigitsTask, tuple[ClientData, ...]]:
-    """The task and every client's data; deterministic in its arguments (data.partition §6 protocol).
-
-    ``split = "classes"`` gives client i the classes ``i..i+k−1 mod 10`` (k = 2 weak, k = 1 strong
-    non-IID); its test set is the global test images of those classes, as in ``client_splits``.
-    """
-    task = load_digits_task(seed=seed, proxy_size=proxy_size)
-    named = {"iid": "iid", "dirichlet": "dirichlet"}.get(split) or {1: "strong", 2: "weak"}.get(k)
-    if named is not None:
-        return task, tuple(client_splits(task, n_clients, named, seed=seed, alpha=alpha))
-    parts = partition("classes", task.y_train, n_clients, np.random.default_rng(seed), classes_per_client=k)
-    out = []
-    for ix in parts:
-        y = task.y_train[ix]
-        mask = np.isin(task.y_test, np.unique(y))
-        out.append(ClientData(task.X_train[ix], y, task.X_test[mask], task.y_test[mask], task.train_index[ix]))
-    return task, tuple(out)
 
 
 def load_node(context: Context) -> DigitsNode:
@@ -116,7 +94,7 @@ def _plan(target: float, delta: float, n: int, batch: int, steps: int, clip: flo
 
 
 def dp_plan(cfg: Config, n_records: int) -> DPPlan | None:
-    """σ fixed before round 1 so the planned steps end at the target ε (ALGORITHMS.md §2); None without DP."""
+    """σ fixed before round 1 so the planned steps end at the target ε (docs/METHODS.md §2); None without DP."""
     p = cfg.privacy
     if not p.enabled:
         return None

@@ -1,4 +1,4 @@
-"""Client side of encrypted aggregation (ALGORITHMS.md §7).
+"""Client side of encrypted aggregation (docs/METHODS.md §7).
 
 Each client sends one CKKS payload holding ``w_c·θ_c/K``, ``w_c`` and ``w_c·v/K`` where
 
@@ -25,30 +25,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-WEIGHT_KEY = "__weight__"
-VERIFY_KEY = "__verify__"
-VERIFY_SIZE = 2048
-HEADER_KEY = "he.header"  # privacy.he.wire.HEADER_KEY, repeated to keep this import light
-
-
-def is_encrypted(arrays: ArrayRecord) -> bool:
-    """Whether an ArrayRecord carries a CKKS payload rather than plaintext weights."""
-    return HEADER_KEY in arrays
-
-
-def verification_block(seed: int = 20261128) -> np.ndarray:
-    """The public block every client adds; its decrypted mean must equal itself."""
-    return np.random.default_rng(seed).uniform(-1.0, 1.0, VERIFY_SIZE)
-
-
-def payload_arrays(state: dict[str, np.ndarray], value_scale: float, verify: bool) -> dict[str, np.ndarray]:
-    """What is encrypted (before weighting): scaled weights, a unit weight, the verification block."""
-    arrays = {k: (np.asarray(v, dtype=np.float64) / value_scale).astype(v.dtype) for k, v in state.items()}
-    arrays[WEIGHT_KEY] = np.ones(1, dtype=np.float64)
-    if verify:
-        arrays[VERIFY_KEY] = verification_block() / value_scale
-    return arrays
-
+from privacy.he.layout import VERIFY_KEY, WEIGHT_KEY, is_encrypted, payload_arrays, verification_block
 
 def secret_context_path(node: Any) -> Path:
     """The clients' secret context: node config in deployment, ``he.key_dir`` in simulation."""

@@ -18,7 +18,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
 from client import he_client
-from client.dp import (
+from privacy.dp import (
     DPSession,
     Ledger,
     PrivacyBudgetExhausted,
@@ -28,7 +28,7 @@ from client.dp import (
     run_dp_steps,
 )
 from client.protocol import ProtocolError, require_config, require_int, require_str
-from client.textdata import TokenisedRecords, client_texts, heldout_shard, public_corpus, tokenise, with_canaries
+from distill.textdata import TokenisedRecords, client_texts, heldout_shard, public_corpus, tokenise, with_canaries
 from client.trainers import KDConfig, LMTrainer, OPDConfig, SFTConfig, TrainerConfig, heldout_nll, train_teacher
 from distill.loaders import load_text_records
 from distill.models import build_lm, pick_device

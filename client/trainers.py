@@ -1,8 +1,8 @@
 """Local trainers for the language-model task: DP-SFT, DP-KD (off-policy) and DP-OPD.
 
 Each trainer is a ``Config`` dataclass plus a per-example loss over a batch of record
-indices; all of them run through the one DP-SGD loop in :mod:`client.dp`
-(ALGORITHMS.md §2–§5).
+indices; all of them run through the one DP-SGD loop in :mod:`privacy.dp`
+(docs/METHODS.md §2–§5).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from client.dp import DPSession
-from client.textdata import TokenisedRecords, record_prompt_length
+from privacy.dp import DPSession
+from distill.textdata import TokenisedRecords, record_prompt_length
 from distill.losses import causal_lm_ce, generalized_jsd, swing_kd_loss
 from distill.rollouts import sample_rollouts
 from privacy.pii import DetectorSource, PIIDetector
@@ -56,7 +56,7 @@ TrainerConfig = SFTConfig | KDConfig | OPDConfig
 
 
 def _forward(module: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    # position_ids as a contiguous (B, T) tensor: Opacus' per-sample hooks need it (ALGORITHMS.md §2).
+    # position_ids as a contiguous (B, T) tensor: Opacus' per-sample hooks need it (docs/METHODS.md §2).
     pos = (attn.cumsum(-1) - 1).clamp(min=0).contiguous()
     return module(input_ids=ids, attention_mask=attn, position_ids=pos).logits
 
@@ -118,7 +118,7 @@ class LMTrainer:
         return r_ids, r_attn, roll.continuation_mask.to(self.device), priv.to(self.device)
 
     def _rollout_privacy(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """π for generated text: run the detector on the decoded rollout (ALGORITHMS.md §5.1)."""
+        """π for generated text: run the detector on the decoded rollout (docs/METHODS.md §5.1)."""
         out = torch.zeros(ids.shape)
         for i in range(ids.shape[0]):
             pos = torch.nonzero(attn[i]).flatten().tolist()

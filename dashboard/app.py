@@ -2,7 +2,7 @@
 
 Reads the store named by ``$FEDVEIL_DB`` (else the CLI default ``sqlite:///runs/fedveil.db``)
 and never writes training data. Pages live in ``dashboard/views``; started by
-``fedveil dashboard [--db URL] [--port N]`` (see :mod:`fedveil.dashboard_cmd`).
+``fedveil dashboard [--db URL] [--port N]`` (see :mod:`fedveil.commands.dashboard_cmd`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Pure builders for the Leakage audit page: audits of ``Store.get_run`` as pandas tables.
 
 Audit summaries are free-form JSON written by the auditor (``server/audits.py``); these readers
-accept its keys (ALGORITHMS.md §8) and a few synonyms, and skip what is missing instead of failing:
+accept its keys (docs/METHODS.md §8) and a few synonyms, and skip what is missing instead of failing:
 
 * ``memorisation``: ``rate`` (fraction), ``n_audited``, ``n_memorised`` / ``memorised`` (count or
   list of bools), optional ``approx_rate_ned_0.1_ours`` / ``approximate_rate`` and
@@ -176,7 +176,7 @@ def memorisation_frame(detail: Mapping[str, Any]) -> pd.DataFrame:
 def distillation_reduction(frame: pd.DataFrame) -> float | None:
     """Relative reduction (%) of the distilled student's extraction rate vs the fine-tuned one.
 
-    ALGORITHMS.md §8 cites distillation memorising > 50% less than fine-tuning. Rates are averaged
+    docs/METHODS.md §8 cites distillation memorising > 50% less than fine-tuning. Rates are averaged
     over clients; ``None`` when either is missing or the fine-tuned rate is 0.
     """
     def rate(kind: str) -> float | None:

@@ -1,4 +1,4 @@
-"""Small MLP classifier and plain training loops for classification FD (ALGORITHMS.md §6).
+"""Small MLP classifier and plain training loops for classification FD (docs/METHODS.md §6).
 
 Kept deliberately plain (Adam, no dropout, no DP): the DP-SGD variant is built on
 top with Opacus elsewhere.  All randomness comes from explicit seeds / generators.

@@ -1,4 +1,4 @@
-"""Offline image-classification task for federated distillation (ALGORITHMS.md §6).
+"""Offline image-classification task for federated distillation (docs/METHODS.md §6).
 
 Uses scikit-learn's bundled 8×8 handwritten digits (1797 images, 10 classes, no
 download).  Layout:
@@ -24,6 +24,7 @@ test set, so benchmarks should also report accuracy on the global test set
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -179,3 +180,24 @@ def client_splits(
             )
         )
     return out
+
+
+@lru_cache(maxsize=4)
+def digits_clients(seed: int, proxy_size: int, n_clients: int, split: str, k: int,
+                   alpha: float) -> tuple[DigitsTask, tuple[ClientData, ...]]:
+    """The task and every client's data; deterministic in its arguments (data.partition §6 protocol).
+
+    ``split = "classes"`` gives client i the classes ``i..i+k−1 mod 10`` (k = 2 weak, k = 1 strong
+    non-IID); its test set is the global test images of those classes, as in ``client_splits``.
+    """
+    task = load_digits_task(seed=seed, proxy_size=proxy_size)
+    named = {"iid": "iid", "dirichlet": "dirichlet"}.get(split) or {1: "strong", 2: "weak"}.get(k)
+    if named is not None:
+        return task, tuple(client_splits(task, n_clients, named, seed=seed, alpha=alpha))
+    parts = partition("classes", task.y_train, n_clients, np.random.default_rng(seed), classes_per_client=k)
+    out = []
+    for ix in parts:
+        y = task.y_train[ix]
+        mask = np.isin(task.y_test, np.unique(y))
+        out.append(ClientData(task.X_train[ix], y, task.X_test[mask], task.y_test[mask], task.train_index[ix]))
+    return task, tuple(out)

@@ -1,6 +1,6 @@
 """Federated distillation on a proxy set: soft labels, votes, aggregation, loss.
 
-Pure functions for ALGORITHMS.md §6 (KMeans-filtered FD, EdgeFD-style) with the
+Pure functions for docs/METHODS.md §6 (KMeans-filtered FD, EdgeFD-style) with the
 optional §5 swing-style per-sample temperature and logit noise.
 
 Data flow of one round::
@@ -35,7 +35,7 @@ class SwingLike(Protocol):
 
 @dataclass(frozen=True)
 class SwingParams:
-    """Swing-style settings (ALGORITHMS.md §5, ours): ``τ_n = τ0 + (τmax−τ0)π_n``, ``s_n = s0 + s1·π_n``."""
+    """Swing-style settings (docs/METHODS.md §5, ours): ``τ_n = τ0 + (τmax−τ0)π_n``, ``s_n = s0 + s1·π_n``."""
 
     tau0: float = 1.0
     tau_max: float = 8.0
@@ -51,14 +51,14 @@ def _softmax(z: FloatArray) -> FloatArray:
 
 
 def swing_temperature(privacy: npt.ArrayLike, tau0: float, tau_max: float) -> FloatArray:
-    """Per-sample temperature ``τ_n = τ0 + (τmax − τ0)·π_n`` (ALGORITHMS.md §5, item 2)."""
+    """Per-sample temperature ``τ_n = τ0 + (τmax − τ0)·π_n`` (docs/METHODS.md §5, item 2)."""
     pi = np.asarray(privacy, dtype=np.float64)
     out: FloatArray = tau0 + (tau_max - tau0) * pi
     return out
 
 
 def swing_noise_scale(privacy: npt.ArrayLike, s0: float, s1: float) -> FloatArray:
-    """Per-sample logit-noise std ``s_n = s0 + s1·π_n`` (ALGORITHMS.md §5, item 3)."""
+    """Per-sample logit-noise std ``s_n = s0 + s1·π_n`` (docs/METHODS.md §5, item 3)."""
     pi = np.asarray(privacy, dtype=np.float64)
     out: FloatArray = s0 + s1 * pi
     return out
@@ -74,7 +74,7 @@ def client_soft_labels(
 ) -> tuple[FloatArray, FloatArray]:
     """A client's upload for one round: soft labels on accepted proxy samples + votes.
 
-    ALGORITHMS.md §6: ``q(x) = softmax(z_c(x)/τ)`` for proxy ``x`` with ``ID_c(x)``,
+    docs/METHODS.md §6: ``q(x) = softmax(z_c(x)/τ)`` for proxy ``x`` with ``ID_c(x)``,
     vote 1; other rows are zero with vote 0 (so that server-side sums need no mask).
 
     With ``swing`` (§5, ours): each accepted sample ``n`` gets its own temperature
@@ -198,7 +198,7 @@ class DistillLossParts:
 
 
 def kd_per_example(student_logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``τ²·KL(ŷ || softmax(z_S/τ))`` per row (ALGORITHMS.md §3 temperature KD, §6)."""
+    """``τ²·KL(ŷ || softmax(z_S/τ))`` per row (docs/METHODS.md §3 temperature KD, §6)."""
     log_q = torch.log_softmax(student_logits / temperature, dim=-1)
     # xlogy gives 0·log 0 = 0 for targets with exact zeros.
     kl = (torch.xlogy(targets, targets) - targets * log_q).sum(dim=-1)

@@ -1,4 +1,4 @@
-"""Client-side proxy-sample filters for federated distillation (ALGORITHMS.md §6).
+"""Client-side proxy-sample filters for federated distillation (docs/METHODS.md §6).
 
 :class:`KMeansDensityFilter` is the EdgeFD-style filter the platform uses: a proxy
 sample is "in distribution" for a client when its distance to the nearest KMeans
@@ -45,7 +45,7 @@ def _l2_normalise(F: FloatArray) -> FloatArray:
 
 
 def nearest_centroid_distance(F: FloatArray, centers: FloatArray) -> FloatArray:
-    """``d(x) = min_j ||x − c_j||₂`` (ALGORITHMS.md §6), computed blockwise."""
+    """``d(x) = min_j ||x − c_j||₂`` (docs/METHODS.md §6), computed blockwise."""
     c_sq = np.sum(centers**2, axis=1)
     out = np.empty(len(F), dtype=np.float64)
     for s in range(0, len(F), 4096):
@@ -56,7 +56,7 @@ def nearest_centroid_distance(F: FloatArray, centers: FloatArray) -> FloatArray:
 
 
 class KMeansDensityFilter:
-    """EdgeFD-style KMeans in-distribution filter (ALGORITHMS.md §6).
+    """EdgeFD-style KMeans in-distribution filter (docs/METHODS.md §6).
 
     ``fit``: features ``F`` (raw, or ``embed(X)`` L2-normalised) are split 80/20 into
     fit/calibration parts; ``KMeans(k).fit(F_fit)``; ``threshold_ = quantile_ρ`` of the
@@ -156,7 +156,7 @@ class KMeansDensityFilter:
         return nearest_centroid_distance(F, self.cluster_centers_)
 
     def in_distribution(self, X: npt.ArrayLike) -> npt.NDArray[np.bool_]:
-        """``ID(x) = d(x) <= threshold_`` (ALGORITHMS.md §6)."""
+        """``ID(x) = d(x) <= threshold_`` (docs/METHODS.md §6)."""
         out: npt.NDArray[np.bool_] = self.score(X) <= self.threshold_
         return out
 

@@ -1,4 +1,4 @@
-"""Distillation losses (ALGORITHMS.md §3, §4, §5).
+"""Distillation losses (docs/METHODS.md §3, §4, §5).
 
 Conventions
 -----------
@@ -10,7 +10,7 @@ target. The caller does the causal shift.
 * ``token_*`` functions return per-token losses ``(B, T)``.
 * Sequence losses return a per-example vector ``(B,)``: the mean over that example's unmasked tokens
   (0 for an example with no unmasked token). DP-SGD needs one loss per example, never a token mean
-  flattened across the batch (ALGORITHMS.md §2).
+  flattened across the batch (docs/METHODS.md §2).
 * :func:`batch_token_mean` gives the batch figure for reporting (sum over unmasked tokens / count).
 
 ``KL(P||Q) = Σ_v P(v)(log P(v) − log Q(v))`` is computed directly from log-probabilities rather than
@@ -79,7 +79,7 @@ def _check_alpha(alpha: float, labels: Tensor | None) -> None:
 
 # --------------------------------------------------------------------------- reductions
 def masked_example_mean(token_losses: Tensor, mask: Tensor) -> Tensor:
-    """Per-example mean over unmasked tokens (ALGORITHMS.md §3 "sequence loss").
+    """Per-example mean over unmasked tokens (docs/METHODS.md §3 "sequence loss").
 
     Parameters
     ----------
@@ -101,7 +101,7 @@ def masked_example_mean(token_losses: Tensor, mask: Tensor) -> Tensor:
 
 
 def batch_token_mean(token_losses: Tensor, mask: Tensor) -> Tensor:
-    """Batch loss for reporting: sum over unmasked tokens / number of unmasked tokens (ALGORITHMS.md §3).
+    """Batch loss for reporting: sum over unmasked tokens / number of unmasked tokens (docs/METHODS.md §3).
 
     Returns a scalar tensor; 0 when nothing is unmasked.
     """
@@ -125,7 +125,7 @@ def token_kl(p_log: Tensor, q_log: Tensor) -> Tensor:
 def token_generalized_jsd(
     student_logits: Tensor, teacher_logits: Tensor, beta: float, temperature: float = 1.0
 ) -> Tensor:
-    """Generalized JSD per token, GKD (Agarwal et al. 2023) Eq. 1; ALGORITHMS.md §3.
+    """Generalized JSD per token, GKD (Agarwal et al. 2023) Eq. 1; docs/METHODS.md §3.
 
     With ``P = softmax(z_T/τ)`` (teacher) and ``Q = softmax(z_S/τ)`` (student),
     ``M = β·P + (1−β)·Q`` and ``JSD_β(P||Q) = β·KL(P||M) + (1−β)·KL(Q||M)`` for ``0 < β < 1``.
@@ -169,7 +169,7 @@ def token_generalized_jsd(
 
 
 def token_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Hinton temperature KD per token: ``τ²·KL(softmax(z_T/τ) || softmax(z_S/τ))`` (ALGORITHMS.md §3).
+    """Hinton temperature KD per token: ``τ²·KL(softmax(z_T/τ) || softmax(z_S/τ))`` (docs/METHODS.md §3).
 
     The ``τ²`` factor keeps gradient magnitudes comparable across temperatures. Returns ``(B, T)``.
     """
@@ -177,7 +177,7 @@ def token_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float 
 
 
 def token_ce(logits: Tensor, labels: Tensor) -> Tensor:
-    """Next-token cross-entropy per token, ``−log softmax(z)[y]`` (ALGORITHMS.md §4, DP-SFT).
+    """Next-token cross-entropy per token, ``−log softmax(z)[y]`` (docs/METHODS.md §4, DP-SFT).
 
     ``labels`` may hold any value (e.g. ``-100``) where the caller masks the position out; such
     labels are clamped into range here and must be excluded by the mask. Returns ``(B, T)``.
@@ -195,7 +195,7 @@ def token_ce(logits: Tensor, labels: Tensor) -> Tensor:
 def token_swing_kd(
     student_logits: Tensor, teacher_logits: Tensor, privacy: Tensor, tau0: float = 1.0, tau_max: float = 8.0
 ) -> Tensor:
-    """Swing-style KD per token, ALGORITHMS.md §5 step 2 (ours; a heuristic, not a DP guarantee).
+    """Swing-style KD per token, docs/METHODS.md §5 step 2 (ours; a heuristic, not a DP guarantee).
 
     ``τ_n = τ_0 + (τ_max − τ_0)·π_n``, ``q_n = softmax(z_T,n/τ_n)`` and the term is
     ``τ_n²·KL(q_n || softmax(z_S,n/τ_n))``. Returns ``(B, T)``.
@@ -215,14 +215,14 @@ def generalized_jsd(
 ) -> Tensor:
     """Per-example GKD loss: mean of :func:`token_generalized_jsd` over continuation tokens.
 
-    ALGORITHMS.md §3 (GKD Eq. 1) and §4 (``ℓ_i``). Returns ``(B,)``.
+    docs/METHODS.md §3 (GKD Eq. 1) and §4 (``ℓ_i``). Returns ``(B,)``.
     """
     token = token_generalized_jsd(student_logits, teacher_logits, beta, temperature)
     return masked_example_mean(token, mask)
 
 
 def causal_lm_ce(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
-    """Per-example next-token cross-entropy (DP-SFT baseline, ALGORITHMS.md §4). Returns ``(B,)``."""
+    """Per-example next-token cross-entropy (DP-SFT baseline, docs/METHODS.md §4). Returns ``(B,)``."""
     return masked_example_mean(token_ce(logits, labels), mask)
 
 
@@ -234,7 +234,7 @@ def kd_loss(
     labels: Tensor | None = None,
     alpha: float = 1.0,
 ) -> Tensor:
-    """Per-example temperature KD mixed with CE: ``(1−α)·CE + α·τ²·KL(p_T^τ || p_S^τ)`` (ALGORITHMS.md §3).
+    """Per-example temperature KD mixed with CE: ``(1−α)·CE + α·τ²·KL(p_T^τ || p_S^τ)`` (docs/METHODS.md §3).
 
     The cross-entropy uses the untempered student logits. ``labels`` is required when ``alpha < 1``.
     Returns ``(B,)``.
@@ -258,7 +258,7 @@ def swing_kd_loss(
     alpha: float = 1.0,
     ce_drop_threshold: float = 0.5,
 ) -> Tensor:
-    """Per-example Swing-style KD, ALGORITHMS.md §5 (ours; a heuristic, not a DP guarantee).
+    """Per-example Swing-style KD, docs/METHODS.md §5 (ours; a heuristic, not a DP guarantee).
 
     Token term: ``α·τ_n²·KL(q_n || softmax(z_S,n/τ_n)) + (1−α)·CE_n·1[π_n ≤ threshold]``: the
     cross-entropy on the true token is dropped where ``π_n > ce_drop_threshold`` (default 0.5), so a

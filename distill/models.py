@@ -1,7 +1,7 @@
 """Model factories: small causal LMs built from ``transformers`` configs, never downloaded.
 
 Students and teachers are Llama-family models (``nn.Linear`` projections, RMSNorm) because
-Opacus computes their per-sample gradients in hooks and ghost modes (ALGORITHMS.md §2).
+Opacus computes their per-sample gradients in hooks and ghost modes (docs/METHODS.md §2).
 Input and output embeddings are untied: tied embeddings break ghost clipping. Dropout is off
 so per-example losses are deterministic functions of the parameters.
 """

@@ -1,4 +1,4 @@
-"""Federated data partitioners (ALGORITHMS.md §6 evaluation protocol).
+"""Federated data partitioners (docs/METHODS.md §6 evaluation protocol).
 
 Every partitioner returns one integer index array per client.  The arrays form a
 disjoint cover of ``range(n)`` (each index appears exactly once) and depend only on
@@ -133,7 +133,7 @@ def classes_partition(
 ) -> list[IndexArray]:
     """Pathological label split: client ``i`` holds classes ``{i, …, i+k−1} mod C``.
 
-    ALGORITHMS.md §6: ``k = 2`` is weak non-IID, ``k = 1`` strong non-IID.  The
+    docs/METHODS.md §6: ``k = 2`` is weak non-IID, ``k = 1`` strong non-IID.  The
     samples of a class held by ``m`` clients are split evenly (sizes differ by at
     most one) among them, in client order.  Every class must be held by some client,
     i.e. ``n_clients + k − 1 >= C``, so the result is a cover.

@@ -1,7 +1,7 @@
-"""On-policy rollouts for DP-OPD (ALGORITHMS.md §4): batched, left-padded sampling with a KV cache.
+"""On-policy rollouts for DP-OPD (docs/METHODS.md §4): batched, left-padded sampling with a KV cache.
 
 The student samples continuations ``ŷ ~ p_S(·|x)`` with gradients off and dropout off, so the rollout
-adds no per-sample-gradient state to a DP step (ALGORITHMS.md §2: "generate under no_grad", and the
+adds no per-sample-gradient state to a DP step (docs/METHODS.md §2: "generate under no_grad", and the
 Opacus wrapper has no ``.generate``, so the *unwrapped* module is passed here). The sampling loop is
 written out rather than delegated to ``model.generate`` so that left padding, position ids, per-row EOS
 stopping and the continuation mask are under our control and testable.
@@ -128,7 +128,7 @@ def sample_rollouts(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
 ) -> Rollout:
-    """Sample continuations from a causal LM, ``ŷ ~ p_S(·|x)`` (ALGORITHMS.md §4, sampling temperature γ).
+    """Sample continuations from a causal LM, ``ŷ ~ p_S(·|x)`` (docs/METHODS.md §4, sampling temperature γ).
 
     Runs under ``torch.no_grad()`` with the model in eval mode; its previous training mode is restored
     afterwards (also on error). Rows stop at their first EOS; later columns hold ``pad_id`` with masks 0.

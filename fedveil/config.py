@@ -99,7 +99,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Distillation objective (ALGORITHMS.md §3–§5)."""
+    """Distillation objective (docs/METHODS.md §3–§5)."""
 
     beta: float = _opt(0.0, "generalized JSD beta (0 = forward KL, 1 = reverse KL)", lo=0.0, hi=1.0)
     lam: float = _opt(1.0, "probability of an on-policy step (DP-OPD lambda)", lo=0.0, hi=1.0)
@@ -118,7 +118,7 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """DP-SGD and accounting (ALGORITHMS.md §2)."""
+    """DP-SGD and accounting (docs/METHODS.md §2)."""
 
     enabled: bool = _opt(True, "train the student with DP-SGD")
     target_epsilon: float = _opt(2.0, "epsilon for the whole federation run", lo=1e-3)
@@ -130,7 +130,7 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class HEConfig:
-    """CKKS homomorphic aggregation (ALGORITHMS.md §7)."""
+    """CKKS homomorphic aggregation (docs/METHODS.md §7)."""
 
     enabled: bool = _opt(True, "aggregate client updates under CKKS encryption")
     profile: str = _opt("compact", "CKKS parameter profile (compact-seeded: symmetric seeded upload, ~8.3 B/value)",
@@ -143,7 +143,7 @@ class HEConfig:
 
 @dataclass(frozen=True)
 class FDConfig:
-    """Soft-label federated distillation on a public proxy set (task = digits, ALGORITHMS.md §6)."""
+    """Soft-label federated distillation on a public proxy set (task = digits, docs/METHODS.md §6)."""
 
     mode: str = _opt("fd-kmeans", "what clients share", choices=("local", "fedavg", "fd", "fd-kmeans"))
     proxy_size: int = _opt(300, "public proxy samples carved from the training pool", lo=10)
@@ -160,7 +160,7 @@ class FDConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """Leakage audits (ALGORITHMS.md §8)."""
+    """Leakage audits (docs/METHODS.md §8)."""
 
     enabled: bool = _opt(True, "run audits at the end of the run")
     kinds: tuple[str, ...] = _opt(("exposure", "memorisation", "mia", "epsilon"), "which audits run",

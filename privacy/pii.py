@@ -1,4 +1,4 @@
-"""Private-token detection for Swing-style distillation (ALGORITHMS.md §5 step 1).
+"""Private-token detection for Swing-style distillation (docs/METHODS.md §5 step 1).
 
 Regex and checksum recognisers find character spans of personal data in text; the spans are mapped to
 tokens through a fast tokenizer's character offsets, giving the per-token privacy likelihood ``π``.
@@ -308,7 +308,7 @@ class PIIDetector:
 def spans_to_token_privacy(
     offsets: Sequence[tuple[int, int]] | np.ndarray, spans: Iterable[PIISpan | tuple[int, int]]
 ) -> np.ndarray:
-    """Per-token privacy ``π`` (ALGORITHMS.md §5 step 1) from character spans.
+    """Per-token privacy ``π`` (docs/METHODS.md §5 step 1) from character spans.
 
     A token gets 1.0 when its character range ``[start, end)`` overlaps any span, else 0.0; tokens
     with empty offsets (special tokens, ``(0, 0)``) get 0.
@@ -358,7 +358,7 @@ class DetectorSource:
 class CanaryMaskSource:
     """:class:`PrivacySource` marking tokens that overlap any occurrence of a known canary secret.
 
-    Used by audits (ALGORITHMS.md §5 step 1, §8), where the planted secrets are known exactly.
+    Used by audits (docs/METHODS.md §5 step 1, §8), where the planted secrets are known exactly.
     """
 
     def __init__(self, secret_substrings: Sequence[str]) -> None:
@@ -384,7 +384,7 @@ class CanaryMaskSource:
 
 class MaxSource:
     """:class:`PrivacySource` taking, per token, the largest π of several sources (e.g. the detector
-    and, in audits, the known canary mask: ALGORITHMS.md §5 step 1)."""
+    and, in audits, the known canary mask: docs/METHODS.md §5 step 1)."""
 
     def __init__(self, *sources: PrivacySource) -> None:
         if not sources:

@@ -1,4 +1,4 @@
-"""Swing-style per-token temperature and soft-target noise (ALGORITHMS.md §5, ours).
+"""Swing-style per-token temperature and soft-target noise (docs/METHODS.md §5, ours).
 
 The published Swing Distillation idea is that the distillation temperature of a token grows with the
 likelihood that the token is private, and that noise is added to the soft targets. The exact published
@@ -7,7 +7,7 @@ formula is not available, so the rules here are the project's own choice.
 .. warning::
    This is a **heuristic**, not a differential-privacy guarantee. Neither the temperature schedule nor
    the logit noise is calibrated to a sensitivity, so no (ε, δ) follows from them. Their effect is
-   measured empirically by the canary-exposure audit (ALGORITHMS.md §8), and every privacy statement
+   measured empirically by the canary-exposure audit (docs/METHODS.md §8), and every privacy statement
    that mentions them must say so.
 
 All functions are elementwise over the leading dimensions: ``privacy`` has the shape of the logits
@@ -33,7 +33,7 @@ __all__ = [
 
 
 def check_privacy(privacy: Tensor, leading_shape: torch.Size | None = None) -> None:
-    """Validate a privacy-likelihood tensor ``π`` (ALGORITHMS.md §5 step 1: ``π_n ∈ [0, 1]``).
+    """Validate a privacy-likelihood tensor ``π`` (docs/METHODS.md §5 step 1: ``π_n ∈ [0, 1]``).
 
     Parameters
     ----------
@@ -73,7 +73,7 @@ def _check_noise(s0: float, s1: float) -> None:
 
 
 def swing_temperature(privacy: Tensor, tau0: float = 1.0, tau_max: float = 8.0) -> Tensor:
-    """Per-token distillation temperature, ALGORITHMS.md §5 step 2: ``τ_n = τ_0 + (τ_max − τ_0)·π_n``.
+    """Per-token distillation temperature, docs/METHODS.md §5 step 2: ``τ_n = τ_0 + (τ_max − τ_0)·π_n``.
 
     Heuristic (not a DP guarantee): private-looking tokens get flatter soft targets.
 
@@ -97,7 +97,7 @@ def swing_temperature(privacy: Tensor, tau0: float = 1.0, tau_max: float = 8.0) 
 
 
 def swing_noise_scale(privacy: Tensor, s0: float = 0.0, s1: float = 1.0) -> Tensor:
-    """Per-token noise standard deviation, ALGORITHMS.md §5 step 3: ``s_n = s_0 + s_1·π_n``.
+    """Per-token noise standard deviation, docs/METHODS.md §5 step 3: ``s_n = s_0 + s_1·π_n``.
 
     Heuristic (not a DP guarantee).
     """
@@ -113,7 +113,7 @@ def noisy_teacher_logits(
     s1: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Gaussian noise on the teacher logits, ALGORITHMS.md §5 step 3: ``z̃_T = z_T + N(0, s_n²)``.
+    """Gaussian noise on the teacher logits, docs/METHODS.md §5 step 3: ``z̃_T = z_T + N(0, s_n²)``.
 
     Every logit of position ``n`` receives independent noise of standard deviation
     ``s_n = s_0 + s_1·π_n``. This is a **heuristic, not a DP guarantee**: the noise is not calibrated
@@ -147,7 +147,7 @@ def noisy_teacher_logits(
 
 @dataclass(frozen=True)
 class SwingConfig:
-    """Settings of Swing-style distillation (ALGORITHMS.md §5; a heuristic, not a DP guarantee).
+    """Settings of Swing-style distillation (docs/METHODS.md §5; a heuristic, not a DP guarantee).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Server side of the audits (ALGORITHMS.md §8): canary ground truth, the ``query.audit`` round,
+"""Server side of the audits (docs/METHODS.md §8): canary ground truth, the ``query.audit`` round,
 storage of every client's results and the comparison of ε lower bounds with the accountant's ε.
 
 The server is the auditor. It derives the canary plan from the configuration (as the clients do),
@@ -20,7 +20,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from client.audit_measures import ALL_KINDS, DP_MODELS, AuditData, exposure_audit
+from privacy.audit.measures import ALL_KINDS, DP_MODELS, AuditData, exposure_audit
 from distill.models import build_lm
 from distill.tokenizer import tokenizer_to_json
 from fedveil.config import Config
@@ -104,7 +104,7 @@ def store_client_audit(store: Store, run_id: str, cfg: Config, client: int, resu
     """Write one client's audit results: one audit row per (kind, model), exposures, ε bounds.
 
     ε lower bounds of the models the accountant's ε covers (local and global student) are stored
-    with that ε and flagged by the store when they exceed it (ALGORITHMS.md §8).
+    with that ε and flagged by the store when they exceed it (docs/METHODS.md §8).
     """
     meta = dict(result.get("meta", {}))
     ids: list[int] = []

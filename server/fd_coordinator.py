@@ -1,4 +1,4 @@
-"""The server's run for ``data.task = "digits"``: soft-label federated distillation (ALGORITHMS.md §6).
+"""The server's run for ``data.task = "digits"``: soft-label federated distillation (docs/METHODS.md §6).
 
 Loads the public CKKS context when HE is on (keys are provisioned before the server starts), greets the
 nodes, runs :class:`server.strategies.fd.SoftLabelFD` for ``federation.rounds`` rounds and
@@ -16,18 +16,18 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from client.fd_train import digits_clients
 from distill.classifier import make_classifier
+from distill.digits import digits_clients
 from fedveil.config import Config
 from fedveil.store import Store
-from server.coordinator import greet, wait_for_nodes
+from server.nodes import greet, wait_for_nodes
 from server.strategies.fd import SoftLabelFD
 
 log = logging.getLogger("fedveil.server")
 
 
 def public_key_dir(cfg: Config) -> Path:
-    """The key directory holding ``public.ctx``; the server never creates keys (ALGORITHMS.md §1).
+    """The key directory holding ``public.ctx``; the server never creates keys (docs/METHODS.md §1).
 
     ``fedveil run`` and ``fedveil deploy local`` provision keys before the server starts.
     """
@@ -38,7 +38,7 @@ def public_key_dir(cfg: Config) -> Path:
 
 
 def digits_privacy_statement(cfg: Config, ledger: Mapping[int, Mapping[str, Any]]) -> str:
-    """The run's statement (ALGORITHMS.md §2, ours): mechanism, per-client ε, and what ε covers in FD."""
+    """The run's statement (docs/METHODS.md §2, ours): mechanism, per-client ε, and what ε covers in FD."""
     p, fd, mode = cfg.privacy, cfg.fd, cfg.fd.mode
     lines: list[str] = []
     if p.enabled:

@@ -1,4 +1,4 @@
-"""The privacy statement stored with every run (ALGORITHMS.md §2, "Privacy statement (ours)").
+"""The privacy statement stored with every run (docs/METHODS.md §2, "Privacy statement (ours)").
 
 Never a bare ε: mechanism, σ, C, q, steps, accountant, δ, the unit protected, and what the
 guarantee does not cover.

@@ -1,4 +1,4 @@
-"""Leakage audit page: canary exposure, memorisation, membership inference and empirical ε (ALGORITHMS.md §8)."""
+"""Leakage audit page: canary exposure, memorisation, membership inference and empirical ε (docs/METHODS.md §8)."""
 
 from __future__ import annotations
 

@@ -127,7 +127,7 @@ class Store(AuditingStore):
         num_clients, num_rounds, seed : int
             Planned federation size, number of rounds and random seed.
         privacy_statement : str
-            The run's privacy statement (ALGORITHMS.md §2); can be set later.
+            The run's privacy statement (docs/METHODS.md §2); can be set later.
         run_dir : str, path-like or None
             Directory holding the run's files.
 

@@ -116,7 +116,7 @@ class AuditingStore(StoreBase):
     ) -> int:
         """Store an empirical ε lower bound and compare it with the accountant's ε.
 
-        A bound above the claimed ε (ALGORITHMS.md §8, empirical ε lower bounds)
+        A bound above the claimed ε (docs/METHODS.md §8, empirical ε lower bounds)
         is flagged, and the run gets the flag ``"eps_lb_exceeds_claim"`` in the
         same transaction.
 

@@ -130,7 +130,7 @@ class EventRow:
 
 @dataclass(frozen=True)
 class CanaryRow:
-    """One canary candidate (ALGORITHMS.md §8, Secret Sharer).
+    """One canary candidate (docs/METHODS.md §8, Secret Sharer).
 
     Parameters
     ----------
@@ -164,7 +164,7 @@ class CanaryRow:
 
 @dataclass(frozen=True)
 class ExposureRow:
-    """Exposure of one canary measured by one audit (ALGORITHMS.md §8, Exposure).
+    """Exposure of one canary measured by one audit (docs/METHODS.md §8, Exposure).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""fedveil: privacy/audit — canaries, exposure, membership inference, empirical ε, memorisation (ALGORITHMS.md §8).
+"""fedveil: privacy/audit — canaries, exposure, membership inference, empirical ε, memorisation (docs/METHODS.md §8).
 
 Names are resolved on first use (PEP 562): importing one submodule, e.g. ``privacy.audit.canaries`` for
 the training data, does not import scikit-learn, SciPy and the scoring code that only audits need.

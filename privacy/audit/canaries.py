@@ -1,4 +1,4 @@
-"""Canary planning, insertion and equal-length reference candidates (ALGORITHMS.md §8, Secret Sharer).
+"""Canary planning, insertion and equal-length reference candidates (docs/METHODS.md §8, Secret Sharer).
 
 A canary is a format such as ``"my account number is {secret}"`` filled with random symbols. Some
 canaries are inserted into one client's records ``r`` times, the rest are never inserted; the plan
@@ -222,7 +222,7 @@ def plan_canaries(
     rng: np.random.Generator | int,
     encode: Encode | None = None,
 ) -> list[Canary]:
-    """Plan the canaries of a run: the full ground truth, inserted and never-inserted (ALGORITHMS.md §8).
+    """Plan the canaries of a run: the full ground truth, inserted and never-inserted (docs/METHODS.md §8).
 
     For every format, client and repetition count ``r``, ``per_setting`` canaries are planned to be
     inserted ``r`` times into that client's records; in addition ``n_never_inserted`` canaries per
@@ -288,7 +288,7 @@ def plan_one_run_canaries(
     format_index: int = 0,
     encode: Encode | None = None,
 ) -> list[Canary]:
-    """``m`` canaries for a one-run audit (Steinke, Nasr, Jagielski 2023; ALGORITHMS.md §8).
+    """``m`` canaries for a one-run audit (Steinke, Nasr, Jagielski 2023; docs/METHODS.md §8).
 
     Each canary is included independently with probability 1/2; an included one is inserted once
     (``repetitions=1``), an excluded one keeps ``client_index`` (the client it was drawn for) with

@@ -1,4 +1,4 @@
-"""Empirical lower bounds on ε from membership attacks (ALGORITHMS.md §8).
+"""Empirical lower bounds on ε from membership attacks (docs/METHODS.md §8).
 
 Two audits: the classical one, Clopper–Pearson bounds on an attack's TPR/FPR over many members and
 non-members, and the one-run audit of Steinke, Nasr and Jagielski (2023), which needs a single training
@@ -77,7 +77,7 @@ def _epsilon_from_bounds(tpr_lo: np.ndarray, fpr_hi: np.ndarray, delta: float) -
 
 
 def clopper_pearson_epsilon(tp: int, fn: int, fp: int, tn: int, alpha: float = 0.05, delta: float = 0.0) -> float:
-    """ε lower bound from one attack's confusion counts, ALGORITHMS.md §8.
+    """ε lower bound from one attack's confusion counts, docs/METHODS.md §8.
 
     ``ε_LB = max(0, log((TPR_lo − δ)/FPR_hi), log((TNR_lo − δ)/FNR_hi))``.
 
@@ -98,7 +98,7 @@ def best_attack_epsilon(
     alpha: float = 0.05,
     delta: float = 0.0,
 ) -> tuple[float, float, AttackCounts]:
-    """Best ε lower bound over every threshold of an attack score (higher = member), ALGORITHMS.md §8.
+    """Best ε lower bound over every threshold of an attack score (higher = member), docs/METHODS.md §8.
 
     Every distinct score value is tried as a threshold (member iff score >= threshold); since the
     threshold is chosen on the same data, each bound uses ``α / (number of thresholds)`` (Bonferroni).
@@ -130,7 +130,7 @@ def best_attack_epsilon(
 
 
 def one_run_p_value(epsilon: float, m: int, r: int, v: int, delta: float = 0.0) -> float:
-    """``p(ε)`` of the one-run audit, ALGORITHMS.md §8 (Steinke, Nasr, Jagielski 2023).
+    """``p(ε)`` of the one-run audit, docs/METHODS.md §8 (Steinke, Nasr, Jagielski 2023).
 
     ``q = e^ε / (1 + e^ε)``,
     ``p(ε) = P[Bin(r, q) >= v] + 2 m δ · max_{i=1..v} P[v − i <= Bin(r, q) < v] / i``.
@@ -146,7 +146,7 @@ def one_run_p_value(epsilon: float, m: int, r: int, v: int, delta: float = 0.0) 
 
 
 def one_run_epsilon(m: int, r: int, v: int, delta: float = 0.0, beta: float = 0.05) -> float:
-    """One-run ε lower bound: the largest ε with ``p(ε) < β`` (ALGORITHMS.md §8), by bisection.
+    """One-run ε lower bound: the largest ε with ``p(ε) < β`` (docs/METHODS.md §8), by bisection.
 
     ``p`` grows with ε (a larger ε makes ``v`` correct guesses less surprising), so the set
     ``{ε : p(ε) < β}`` is an interval starting at 0; 0 is returned when even ``p(0) >= β``.

@@ -1,4 +1,4 @@
-"""Canary exposure, rank and skew-normal-extrapolated forms (ALGORITHMS.md §8, Secret Sharer).
+"""Canary exposure, rank and skew-normal-extrapolated forms (docs/METHODS.md §8, Secret Sharer).
 
 Inputs are log-perplexities in bits of the secret tokens (``scoring.secret_log_perplexity``): a lower
 log-perplexity than most references means the model prefers the canary's secret, i.e. it was exposed.
@@ -45,7 +45,7 @@ def _canary_value(canary_ppl: float) -> float:
 
 
 def rank_exposure(canary_ppl: float, reference_ppl: np.ndarray | Sequence[float]) -> float:
-    """Rank exposure, ALGORITHMS.md §8: ``log2 N_ref − log2 rank``.
+    """Rank exposure, docs/METHODS.md §8: ``log2 N_ref − log2 rank``.
 
     ``rank = 1 + #{references with log-perplexity <= the canary's}``; ties count against the canary,
     so the exposure never exceeds ``log2 N_ref`` and can go slightly negative (``log2 N − log2(N+1)``)
@@ -99,7 +99,7 @@ def _log_cdf_upper_bound(z: float, a: float) -> float:
 
 
 def skewnorm_exposure_from_params(canary_ppl: float, params: tuple[float, float, float]) -> ExtrapolatedExposure:
-    """Extrapolated exposure ``−log2 CDF(canary)`` under a fitted skew-normal (ALGORITHMS.md §8).
+    """Extrapolated exposure ``−log2 CDF(canary)`` under a fitted skew-normal (docs/METHODS.md §8).
 
     When the CDF underflows (or loses all precision) the result is a guaranteed lower bound built
     from ``_log_cdf_upper_bound`` with ``is_bound=True``; it is never ``inf``.
@@ -116,7 +116,7 @@ def skewnorm_exposure_from_params(canary_ppl: float, params: tuple[float, float,
 
 
 def skewnorm_exposure(canary_ppl: float, reference_ppl: np.ndarray | Sequence[float]) -> ExtrapolatedExposure:
-    """Fit a skew-normal to the references and return the extrapolated exposure (ALGORITHMS.md §8)."""
+    """Fit a skew-normal to the references and return the extrapolated exposure (docs/METHODS.md §8)."""
     return skewnorm_exposure_from_params(canary_ppl, fit_reference_skewnorm(reference_ppl))
 
 

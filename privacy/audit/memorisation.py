@@ -1,4 +1,4 @@
-"""Extraction-style memorisation audit (ALGORITHMS.md §8).
+"""Extraction-style memorisation audit (docs/METHODS.md §8).
 
 For every audited training record of at least ``prefix_len + suffix_len`` tokens the model is prompted
 with the first ``prefix_len`` tokens and greedily decodes ``suffix_len`` more; the record counts as
@@ -107,7 +107,7 @@ def extraction_check(
     batch_size: int = 32,
     device: str | torch.device | None = None,
 ) -> MemorisationResult:
-    """Extraction memorisation audit, ALGORITHMS.md §8.
+    """Extraction memorisation audit, docs/METHODS.md §8.
 
     Prompt with the first ``prefix_len`` tokens of each record, greedily decode ``suffix_len`` tokens,
     count the record as memorised when they all match the record exactly. Records shorter than
@@ -137,7 +137,7 @@ def extraction_check(
 
 
 def inherited_count(teacher_memorised: Sequence[bool], student_memorised: Sequence[bool]) -> int:
-    """Records memorised by the teacher and also by the student (ALGORITHMS.md §8); both lists must
+    """Records memorised by the teacher and also by the student (docs/METHODS.md §8); both lists must
     describe the same audited records in the same order."""
     if len(teacher_memorised) != len(student_memorised):
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Membership-inference scores and ROC metrics (ALGORITHMS.md §8).
+"""Membership-inference scores and ROC metrics (docs/METHODS.md §8).
 
 Every score is oriented so that higher means "member". Scores are computed from per-token natural-log
 probabilities ``log p(x_t | x_<t)`` (``scoring.token_logprobs``).
@@ -38,12 +38,12 @@ def _logprobs(token_logprobs: np.ndarray | Sequence[float]) -> np.ndarray:
 
 
 def loss_score(token_logprobs: np.ndarray | Sequence[float]) -> float:
-    """Mean-loss attack score, ALGORITHMS.md §8: ``−mean loss = mean_t log p(x_t | x_<t)``."""
+    """Mean-loss attack score, docs/METHODS.md §8: ``−mean loss = mean_t log p(x_t | x_<t)``."""
     return float(np.mean(_logprobs(token_logprobs)))
 
 
 def zlib_score(token_logprobs: np.ndarray | Sequence[float], text: str) -> float:
-    """zlib-ratio score, ALGORITHMS.md §8: ``−log PPL / len(zlib.compress(text))``.
+    """zlib-ratio score, docs/METHODS.md §8: ``−log PPL / len(zlib.compress(text))``.
 
     ``log PPL`` is the mean per-token negative log-likelihood (nats). A low perplexity relative to the
     text's zlib entropy suggests memorisation, so the ratio is negated to make higher mean "member".
@@ -56,7 +56,7 @@ def zlib_score(token_logprobs: np.ndarray | Sequence[float], text: str) -> float
 def reference_score(
     token_logprobs: np.ndarray | Sequence[float], reference_logprobs: np.ndarray | Sequence[float]
 ) -> float:
-    """Reference-model score, ALGORITHMS.md §8: ``log p_M(x) − log p_ref(x)`` (sums of token log-probs).
+    """Reference-model score, docs/METHODS.md §8: ``log p_M(x) − log p_ref(x)`` (sums of token log-probs).
 
     Both models must use the same tokenisation of ``x``.
     """
@@ -71,7 +71,7 @@ def reference_score(
 
 
 def min_k_score(token_logprobs: np.ndarray | Sequence[float], k: float = 0.2) -> float:
-    """Min-K% score, ALGORITHMS.md §8: mean of the lowest ``ceil(k · n)`` token log-probs (at least one)."""
+    """Min-K% score, docs/METHODS.md §8: mean of the lowest ``ceil(k · n)`` token log-probs (at least one)."""
     if not 0.0 < k <= 1.0:
         raise ValueError(f"min_k_score: k must be in (0, 1], got {k}")
     values = _logprobs(token_logprobs)
@@ -135,7 +135,7 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float, n_nonmembers: in
 def roc_metrics(
     member_scores: np.ndarray | Sequence[float], nonmember_scores: np.ndarray | Sequence[float]
 ) -> RocMetrics:
-    """ROC AUC, TPR at FPR 1% and 0.1%, and the full curve (ALGORITHMS.md §8; higher score = member)."""
+    """ROC AUC, TPR at FPR 1% and 0.1%, and the full curve (docs/METHODS.md §8; higher score = member)."""
     members = _scores(member_scores, "member_scores")
     nonmembers = _scores(nonmember_scores, "nonmember_scores")
     labels = np.concatenate([np.ones(members.size), np.zeros(nonmembers.size)])

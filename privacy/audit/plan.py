@@ -1,4 +1,4 @@
-"""The canary plan of one run, derived from its configuration alone (ALGORITHMS.md §8).
+"""The canary plan of one run, derived from its configuration alone (docs/METHODS.md §8).
 
 The server (the auditor) and every client must agree on which canaries exist, which client holds
 which, how often each is repeated and which reference candidates they are ranked against — without
@@ -110,7 +110,7 @@ def is_one_run(canary: Canary) -> bool:
 
 
 def run_canary_plan(cfg: Config, encode: Encode) -> list[Canary]:
-    """Every canary of a run, inserted or not: the auditor's full ground truth (ALGORITHMS.md §8).
+    """Every canary of a run, inserted or not: the auditor's full ground truth (docs/METHODS.md §8).
 
     Exposure canaries are planned only when ``audit.enabled`` and ``"exposure"`` is in
     ``audit.kinds``; one-run canaries only when ``"epsilon"`` is. Each call with the same

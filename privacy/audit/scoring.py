@@ -1,6 +1,6 @@
 """Batched per-token log-probabilities of causal language models (shared by the audits).
 
-Every audit in ALGORITHMS.md §8 reduces to "how likely does the model find these tokens": exposure needs
+Every audit in docs/METHODS.md §8 reduces to "how likely does the model find these tokens": exposure needs
 the log-perplexity of the secret tokens of a canary, membership inference needs per-token log-probs of
 whole records, extraction needs greedy decoding. This module holds the batched forward passes; the
 formulas built on them live in ``exposure.py``, ``mia.py`` and ``memorisation.py``.
@@ -205,7 +205,7 @@ def secret_log_perplexity(
     progress: bool = False,
     share_prefix: bool = True,
 ) -> np.ndarray:
-    """Log-perplexity in bits of the secret tokens of equal-length candidates (ALGORITHMS.md §8).
+    """Log-perplexity in bits of the secret tokens of equal-length candidates (docs/METHODS.md §8).
 
     ``logppl(x) = Σ_{t ∈ secret} −log2 p(x_t | x_<t)``.
 

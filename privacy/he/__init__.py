@@ -1,56 +1,29 @@
-"""fedveil: privacy/he — CKKS encrypted aggregation (ALGORITHMS.md §7)."""
+"""fedveil: privacy/he — CKKS encrypted aggregation (docs/METHODS.md §7).
 
-from privacy.he.errors import REASONS, CiphertextError, KeyMaterialError
-from privacy.he.keys import (
-    generate_contexts,
-    key_fingerprint,
-    load_public_context,
-    load_secret_context,
-    read_manifest,
-    write_keys,
-)
-from privacy.he.packing import (
-    EncryptedPayload,
-    HETimings,
-    TensorSpec,
-    aggregate_payloads,
-    decrypt_payload,
-    divide_by_votes,
-    encrypt_arrays,
-    payload_from_arrays,
-    payload_nbytes,
-    payload_to_arrays,
-    specs_of,
-    sum_payloads,
-    validate_payload,
-)
-from privacy.he.profiles import DEFAULT_PROFILE, PROFILES, HEProfile, get_profile
+Names resolve lazily (PEP 562): importing ``privacy.he.layout`` or ``privacy.he.wire`` must not load TenSEAL.
+"""
 
-__all__ = [
-    "DEFAULT_PROFILE",
-    "PROFILES",
-    "REASONS",
-    "CiphertextError",
-    "EncryptedPayload",
-    "HEProfile",
-    "HETimings",
-    "KeyMaterialError",
-    "TensorSpec",
-    "aggregate_payloads",
-    "decrypt_payload",
-    "divide_by_votes",
-    "encrypt_arrays",
-    "generate_contexts",
-    "get_profile",
-    "key_fingerprint",
-    "load_public_context",
-    "load_secret_context",
-    "payload_from_arrays",
-    "payload_nbytes",
-    "payload_to_arrays",
-    "read_manifest",
-    "specs_of",
-    "sum_payloads",
-    "validate_payload",
-    "write_keys",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "REASONS": "errors", "CiphertextError": "errors", "KeyMaterialError": "errors",
+    "generate_contexts": "keys", "key_fingerprint": "keys", "load_public_context": "keys",
+    "load_secret_context": "keys", "read_manifest": "keys", "write_keys": "keys",
+    "EncryptedPayload": "packing", "HETimings": "packing", "TensorSpec": "packing",
+    "aggregate_payloads": "packing", "decrypt_payload": "packing", "divide_by_votes": "packing",
+    "encrypt_arrays": "packing", "payload_from_arrays": "packing", "payload_nbytes": "packing",
+    "payload_to_arrays": "packing", "specs_of": "packing", "sum_payloads": "packing",
+    "validate_payload": "packing",
+    "DEFAULT_PROFILE": "profiles", "PROFILES": "profiles", "HEProfile": "profiles", "get_profile": "profiles",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'privacy.he' has no attribute {name!r}")
+    return getattr(import_module(f"privacy.he.{_HOMES[name]}"), name)

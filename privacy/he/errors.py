@@ -1,4 +1,4 @@
-"""Exceptions raised by the CKKS aggregation layer (ALGORITHMS.md §7).
+"""Exceptions raised by the CKKS aggregation layer (docs/METHODS.md §7).
 
 Both exceptions subclass :class:`ValueError` so callers that only know "bad input"
 can still catch them, while the server can tell key problems (fatal, operator
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 #: Reason codes carried by :class:`CiphertextError`. The server logs the code and
-#: drops the client for the round (ALGORITHMS.md §7, "rejected with a logged reason").
+#: drops the client for the round (docs/METHODS.md §7, "rejected with a logged reason").
 REASONS: Final[frozenset[str]] = frozenset(
     {
         "oversized",  # payload or one chunk larger than allowed

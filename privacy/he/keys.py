@@ -1,4 +1,4 @@
-"""CKKS key material: generation, files, loading, fingerprints (ALGORITHMS.md §1, §7).
+"""CKKS key material: generation, files, loading, fingerprints (docs/METHODS.md §1, §7).
 
 Clients share one secret context (``secret.ctx``); the server gets a public context
 (``public.ctx``) with the secret key stripped and no relinearisation or Galois keys,
@@ -60,7 +60,7 @@ def generate_contexts(profile: HEProfile | str = DEFAULT_PROFILE) -> tuple[bytes
 
     The secret context holds the secret and public keys (clients); the public one
     holds only parameters and the public key (server). Neither carries
-    relinearisation or Galois keys: aggregation is additions only (ALGORITHMS.md §7).
+    relinearisation or Galois keys: aggregation is additions only (docs/METHODS.md §7).
     """
     p = resolve_profile(profile)
     ctx = ts.context(ts.SCHEME_TYPE.CKKS, p.poly_modulus_degree, coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes))

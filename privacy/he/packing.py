@@ -1,4 +1,4 @@
-"""Packing named arrays into CKKS ciphertexts and adding them (ALGORITHMS.md §7).
+"""Packing named arrays into CKKS ciphertexts and adding them (docs/METHODS.md §7).
 
 Clients flatten their arrays in the given order, multiply by their weight
 ``w_c = n_c / sum(n)`` *before* encryption and pack the values into full-slot
@@ -122,7 +122,7 @@ def encrypt_arrays(
     clip: bool = False,
     timings: HETimings | None = None,
 ) -> EncryptedPayload:
-    """Encrypt ``weight * x`` for the concatenation ``x`` of ``arrays`` (ALGORITHMS.md §7).
+    """Encrypt ``weight * x`` for the concatenation ``x`` of ``arrays`` (docs/METHODS.md §7).
 
     Parameters
     ----------
@@ -143,7 +143,7 @@ def encrypt_arrays(
     p = resolve_profile(profile)
     _check_context(ctx, p)
     if not (isinstance(weight, (int, float, np.floating)) and 0.0 < float(weight) <= 1.0):
-        raise ValueError(f"weight must be in (0, 1] (pre-scale by n_c/sum(n), ALGORITHMS.md §7); got {weight!r}")
+        raise ValueError(f"weight must be in (0, 1] (pre-scale by n_c/sum(n), docs/METHODS.md §7); got {weight!r}")
     specs = specs_of(arrays)
     with _timed(timings, "encrypt_s"):
         parts = [np.asarray(arrays[s.name], dtype=np.float64).ravel() for s in specs]
@@ -274,7 +274,7 @@ def aggregate_payloads(
 
     Same checks as :func:`validate_payload`; rejected payloads are left out of the
     sum and returned by index with their error, so the round can go on without them
-    (ALGORITHMS.md §7). Additions (and, to take back a client rejected half-way,
+    (docs/METHODS.md §7). Additions (and, to take back a client rejected half-way,
     subtractions) of ciphertexts only. Returns ``(None, rejected)`` if none is valid.
     """
     rejected: dict[int, CiphertextError] = {}
@@ -320,7 +320,7 @@ def aggregate_payloads(
 def sum_payloads(
     public_ctx: ts.Context, payloads: Sequence[EncryptedPayload], *, timings: HETimings | None = None
 ) -> EncryptedPayload:
-    """Add payloads ciphertext by ciphertext; additions only, no scalar multiplication (ALGORITHMS.md §7).
+    """Add payloads ciphertext by ciphertext; additions only, no scalar multiplication (docs/METHODS.md §7).
 
     Strict form of :func:`aggregate_payloads`: all payloads must share the first
     one's specs, profile parameters and key set, else :class:`CiphertextError`.
@@ -359,7 +359,7 @@ def decrypt_payload(
 
 
 def divide_by_votes(label_sum: np.ndarray, vote_sum: np.ndarray, min_votes: float) -> np.ndarray:
-    """Soft-label mean ``sum_c w_c y_c / sum_c w_c m_c`` per row, after decryption (ALGORITHMS.md §7).
+    """Soft-label mean ``sum_c w_c y_c / sum_c w_c m_c`` per row, after decryption (docs/METHODS.md §7).
 
     Rows whose vote sum is below ``min_votes`` (choose half the smallest client
     weight: CKKS noise keeps empty rows near, not at, zero) come back as NaN.

@@ -1,4 +1,4 @@
-"""CKKS parameter profiles for encrypted aggregation (ALGORITHMS.md §7).
+"""CKKS parameter profiles for encrypted aggregation (docs/METHODS.md §7).
 
 A profile fixes the ring degree ``N``, the coefficient-modulus chain, the encoding
 scale and the range of values it keeps accurate. Only ciphertext additions happen
@@ -16,7 +16,7 @@ Range (``value_bound``), derived from SEAL's CKKS encoder and decoder:
 For ``compact`` (one 32-bit data prime, scale 2^30) ``value_bound`` = 1 is exactly
 that encoding limit; ``conservative`` takes 2^20, far inside its 2^58 limit (errors
 measured at |v| = 1e6 stay below 1e-8). With weights that sum to at most one
-(clients pre-scale by ``n_c / sum(n)``, ALGORITHMS.md §7) and every client's values
+(clients pre-scale by ``n_c / sum(n)``, docs/METHODS.md §7) and every client's values
 within ``value_bound``, the sum is within ``value_bound`` too, leaving a 2x margin
 before decoding would wrap around.
 
@@ -75,7 +75,7 @@ class HEProfile:
     value_bound : float
         Largest ``|value|`` each client may encrypt (after weighting) and largest
         ``|sum|`` the profile keeps accurate, under the pre-scaling rule of
-        ALGORITHMS.md §7 (weights summing to at most one).
+        docs/METHODS.md §7 (weights summing to at most one).
     security_bits : int
         Classical security level; only 128 is supported (SEAL's default ``tc128``).
     seeded_symmetric : bool

@@ -1,4 +1,4 @@
-"""Wire formats of encrypted payloads (ALGORITHMS.md §7).
+"""Wire formats of encrypted payloads (docs/METHODS.md §7).
 
 * TenSEAL's protocol buffers (``tenseal/proto``), read and written directly in a few
   lines instead of generated code: contexts (for fingerprints and the secret key)

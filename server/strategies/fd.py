@@ -1,6 +1,6 @@
 """SoftLabelFD: federated distillation on a public proxy set, one Flower strategy for the digits task.
 
-ALGORITHMS.md §6: each client uploads soft labels on the proxy samples it accepts plus a 0/1
+docs/METHODS.md §6: each client uploads soft labels on the proxy samples it accepts plus a 0/1
 vote mask; the server sums both per proxy sample and sends the two sums back; clients divide
 (samples nobody voted for are dropped there).  Under HE (§7) each client encrypts labels and
 votes as one CKKS payload pre-scaled by ``1/K`` (K = the public number of clients), the server
@@ -52,7 +52,7 @@ def check_label_upload(record: ArrayRecord, n_proxy: int, n_classes: int,
     """A plaintext upload: ``labels`` (P, C) and ``votes`` (P,), finite, votes in {0, 1}, rows consistent.
 
     A voted row must be a probability vector (sums to 1 within ``tol``); an unvoted row must be 0,
-    so that the server's plain sums need no mask (ALGORITHMS.md §6).
+    so that the server's plain sums need no mask (docs/METHODS.md §6).
 
     Raises
     ------

@@ -210,7 +210,7 @@ class PrivateFedAvg(FedAvg):
         priv = msg.content.config_records.get("privacy", ConfigRecord())
         provenance = priv.get("teacher-provenance")
         if isinstance(provenance, str) and client not in self._provenance_recorded:
-            # The teacher's provenance decides what the student's ε covers (ALGORITHMS.md §2): keep it per client.
+            # The teacher's provenance decides what the student's ε covers (docs/METHODS.md §2): keep it per client.
             # num_examples stays as the greeting reported it: the training count includes audit canaries.
             self.store.register_client(self.run_id, client, node_id=str(msg.metadata.src_node_id),
                                        teacher_provenance=provenance)

@@ -1,4 +1,4 @@
-"""HEFedAvg: FedAvg in which the server only adds CKKS ciphertexts (ALGORITHMS.md §1, §7).
+"""HEFedAvg: FedAvg in which the server only adds CKKS ciphertexts (docs/METHODS.md §1, §7).
 
 The server loads the public/evaluation context only (no secret key exists in its process).
 Clients pre-scale by their weight and add an encrypted weight (see :mod:`client.he_client`),
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
-from client.he_client import payload_arrays
+from privacy.he.layout import payload_arrays
 from fedveil.config import Config
 from fedveil.store import HERow, MetricRow
 from privacy.he.errors import CiphertextError

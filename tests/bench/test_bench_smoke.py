@@ -42,7 +42,7 @@ def dpstep_bench() -> ModuleType:
 def test_recompute_epsilon_matches_reference_sigma() -> None:
     from bench.common import recompute_epsilon
 
-    # ALGORITHMS.md §2: for ε = 2, δ = 1e-5, q = 0.01, 1000 steps the PRV noise multiplier is 0.9615.
+    # docs/METHODS.md §2: for ε = 2, δ = 1e-5, q = 0.01, 1000 steps the PRV noise multiplier is 0.9615.
     eps = recompute_epsilon(0.9615, 0.01, 1000, 1e-5)
     assert eps["prv"] == pytest.approx(2.0, abs=0.02)
     assert eps["rdp"] > eps["prv"]  # RDP is the looser bound

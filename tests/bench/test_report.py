@@ -17,7 +17,7 @@ import pytest
 from bench import report, run_all, scale_bench
 from bench.report_perf import performance
 from bench.report_rows import Row, claims
-from fedveil.bench_cmd import BenchError, bench_argv
+from fedveil.commands.bench_cmd import BenchError, bench_argv
 from fedveil.config import load_config
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.UTC)

@@ -1,4 +1,4 @@
-"""Client-side audits (ALGORITHMS.md §8): the canary plan, a direct ClientApp ``query.audit`` call, and
+"""Client-side audits (docs/METHODS.md §8): the canary plan, a direct ClientApp ``query.audit`` call, and
 the issue's check that a non-private model trained with 16-fold canaries exposes them while a strongly
 private one does not (in-process, no Flower, the same audit functions as the ClientApp)."""
 
@@ -18,11 +18,11 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
 from client.audit_client import parse_kinds
-from client.audit_measures import AuditData, audit_client_models, client_canaries
-from client.dp import DPSession, Ledger, poisson_batches, run_dp_steps
-from client.he_client import is_encrypted
+from privacy.audit.measures import AuditData, audit_client_models, client_canaries
+from privacy.dp import DPSession, Ledger, poisson_batches, run_dp_steps
+from privacy.he.layout import is_encrypted
 from client.protocol import ProtocolError
-from client.textdata import client_texts, heldout_shard, public_corpus, tokenise, with_canaries
+from distill.textdata import client_texts, heldout_shard, public_corpus, tokenise, with_canaries
 from client.trainers import LMTrainer, SFTConfig, train_teacher
 from distill.models import build_lm
 from distill.tokenizer import tokenizer_from_json, tokenizer_to_json, train_tokenizer

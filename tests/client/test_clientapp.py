@@ -12,8 +12,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import PRVAccountant
 
 from client.app import app as client_app
-from client.dp import PrivacyBudgetExhausted
-from client.textdata import public_corpus
+from privacy.dp import PrivacyBudgetExhausted
+from distill.textdata import public_corpus
 from distill.models import build_lm
 from distill.tokenizer import tokenizer_to_json, train_tokenizer
 from fedveil.config import load_config, to_run_config

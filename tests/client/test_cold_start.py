@@ -23,7 +23,7 @@ def test_client_app_import_skips_opacus_and_sklearn() -> None:
 
 
 def test_dp_session_imports_opacus_when_training() -> None:
-    code = ("import torch\nfrom client.dp import DPSession, plan_noise\n"
+    code = ("import torch\nfrom privacy.dp import DPSession, plan_noise\n"
             "plan_noise(target_epsilon=2.0, delta=1e-5, n_records=100, batch_size=10, total_steps=5,"
             " max_grad_norm=1.0)\n"
             "DPSession(torch.nn.Linear(2, 1), lr=0.1, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=4)")
@@ -31,6 +31,6 @@ def test_dp_session_imports_opacus_when_training() -> None:
 
 
 def test_non_private_session_does_not_import_opacus() -> None:
-    code = ("import torch\nfrom client.dp import DPSession\n"
+    code = ("import torch\nfrom privacy.dp import DPSession\n"
             "DPSession(torch.nn.Linear(2, 1), lr=0.1, noise_multiplier=None, max_grad_norm=1.0, expected_batch_size=4)")
     assert "opacus" not in _imported_after(code)

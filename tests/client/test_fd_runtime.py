@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from opacus.accountants import RDPAccountant
 
 from client.app import app as client_app
-from client.dp import PrivacyBudgetExhausted
+from privacy.dp import PrivacyBudgetExhausted
 from client.fd_runtime import SUMS, COUNTS, LABELS, VOTES, received_targets
 from client.fd_train import load_node
 from distill.classifier import make_classifier, predict_logits

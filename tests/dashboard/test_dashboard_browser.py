@@ -1,4 +1,4 @@
-"""End to end: the dashboard server started by ``fedveil.dashboard_cmd`` and every page in headless Chromium.
+"""End to end: the dashboard server started by ``fedveil.commands.dashboard_cmd`` and every page in headless Chromium.
 
 Uses Debian's ``chromium`` (``/usr/bin/chromium``) through Playwright's Python API with
 ``executable_path``; no browser is ever downloaded. Skips, naming what is missing, when either
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from tests.dashboard.store_data import FAIL_MESSAGE, FAILED_RUN, RUNNING_RUN, TEXT_RUN, add_text_round
 
-from fedveil.dashboard_cmd import start
+from fedveil.commands.dashboard_cmd import start
 from fedveil.store import Store
 
 CHROMIUM = os.environ.get("FEDVEIL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

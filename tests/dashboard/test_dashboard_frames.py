@@ -32,7 +32,7 @@ from dashboard.frames import (
     utility_frame,
     utility_metric,
 )
-from fedveil.dashboard_cmd import app_path, dashboard_env, streamlit_command
+from fedveil.commands.dashboard_cmd import app_path, dashboard_env, streamlit_command
 from fedveil.store import Store
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from fedveil.config import ConfigError
-from fedveil.deploy_cmd import deploy_config
-from fedveil.deploy_local import READY_MARK, REFUSED_EXIT_CODE, LocalDeployment, NodeSpec
-from fedveil.launch import PROJECT_DIR, _superlink_pids
+from fedveil.commands.deploy_cmd import deploy_config
+from fedveil.commands.deploy_local import READY_MARK, REFUSED_EXIT_CODE, LocalDeployment, NodeSpec
+from fedveil.commands.launch import PROJECT_DIR, _superlink_pids
 
 DEPLOY = PROJECT_DIR / "deploy"
 PY = sys.executable

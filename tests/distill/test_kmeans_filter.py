@@ -1,4 +1,4 @@
-"""KMeans density filter (ALGORITHMS.md §6) and the RBF density-ratio baseline."""
+"""KMeans density filter (docs/METHODS.md §6) and the RBF density-ratio baseline."""
 
 from __future__ import annotations
 

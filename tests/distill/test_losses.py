@@ -1,4 +1,4 @@
-"""Distillation losses against the ALGORITHMS.md §3/§5 test vectors and hand-written formulas."""
+"""Distillation losses against the docs/METHODS.md §3/§5 test vectors and hand-written formulas."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Partitioners: disjoint covers, class constraints, determinism (ALGORITHMS.md §6)."""
+"""Partitioners: disjoint covers, class constraints, determinism (docs/METHODS.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Batched, left-padded, KV-cached sampling (ALGORITHMS.md §4 rollouts) on a tiny random Llama."""
+"""Batched, left-padded, KV-cached sampling (docs/METHODS.md §4 rollouts) on a tiny random Llama."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Canary planning ground truth, insertion and equal-length candidates (ALGORITHMS.md §8)."""
+"""Canary planning ground truth, insertion and equal-length candidates (docs/METHODS.md §8)."""
 
 from __future__ import annotations
 

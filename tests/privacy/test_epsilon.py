@@ -1,4 +1,4 @@
-"""Empirical ε lower bounds: Clopper–Pearson and one-run audits (ALGORITHMS.md §8)."""
+"""Empirical ε lower bounds: Clopper–Pearson and one-run audits (docs/METHODS.md §8)."""
 
 from __future__ import annotations
 

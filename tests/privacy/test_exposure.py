@@ -1,4 +1,4 @@
-"""Exposure (rank and skew-normal) and secret log-perplexity scoring (ALGORITHMS.md §8)."""
+"""Exposure (rank and skew-normal) and secret log-perplexity scoring (docs/METHODS.md §8)."""
 
 from __future__ import annotations
 

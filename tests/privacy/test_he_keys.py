@@ -1,4 +1,4 @@
-"""Key material for CKKS aggregation (ALGORITHMS.md §1, §7): files, modes, who can decrypt."""
+"""Key material for CKKS aggregation (docs/METHODS.md §1, §7): files, modes, who can decrypt."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Encrypted aggregation equals plaintext aggregation (ALGORITHMS.md §7)."""
+"""Encrypted aggregation equals plaintext aggregation (docs/METHODS.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Malformed, truncated or wrong-context client ciphertexts are rejected with a reason (ALGORITHMS.md §7)."""
+"""Malformed, truncated or wrong-context client ciphertexts are rejected with a reason (docs/METHODS.md §7)."""
 
 from __future__ import annotations
 

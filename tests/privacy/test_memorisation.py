@@ -1,4 +1,4 @@
-"""Extraction memorisation audit with KV-cached greedy decoding (ALGORITHMS.md §8)."""
+"""Extraction memorisation audit with KV-cached greedy decoding (docs/METHODS.md §8)."""
 
 from __future__ import annotations
 

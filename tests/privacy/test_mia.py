@@ -1,4 +1,4 @@
-"""Membership-inference scores, ROC metrics and batched token log-probs (ALGORITHMS.md §8)."""
+"""Membership-inference scores, ROC metrics and batched token log-probs (docs/METHODS.md §8)."""
 
 from __future__ import annotations
 

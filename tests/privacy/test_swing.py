@@ -1,4 +1,4 @@
-"""Swing-style temperature and soft-target noise (ALGORITHMS.md §5)."""
+"""Swing-style temperature and soft-target noise (docs/METHODS.md §5)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Audits inside a real (small) `fedveil run` simulation, and `fedveil audit` on its checkpoints
-(ALGORITHMS.md §8): canary ground truth, exposure / memorisation / MIA / ε audits for every client,
+(docs/METHODS.md §8): canary ground truth, exposure / memorisation / MIA / ε audits for every client,
 and every ε lower bound at or below the accountant's ε unless the run is flagged."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from flwr.app import ArrayRecord
 
-from client.textdata import public_corpus
+from distill.textdata import public_corpus
 from distill.models import build_lm
 from distill.tokenizer import train_tokenizer
 from fedveil.config import load_config, to_dict
@@ -105,7 +105,7 @@ def test_run_stores_every_audit(audited_run: tuple[str, str, dict]) -> None:
 
 @pytest.mark.slow
 def test_on_demand_audit_from_checkpoints(audited_run: tuple[str, str, dict]) -> None:
-    from fedveil.audit_cmd import audit_run
+    from fedveil.commands.audit_cmd import audit_run
 
     db, run_id, shown = audited_run
     before = len(shown["audits"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedveil.launch import stop_superlink
+from fedveil.commands.launch import stop_superlink
 from fedveil.store import Store
 from tests.server.simtools import FEDVEIL, _cli
 

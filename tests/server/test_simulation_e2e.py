@@ -42,7 +42,7 @@ def test_simulation_stores_a_complete_run(small_run: tuple[Path, str, str]) -> N
     assert {a["kind"] for a in shown["artifacts"]} >= {"tokenizer", "global-student"}
     assert shown["run"]["wall_seconds"] > 0
     # No leftover SuperLink / simulation processes from this run's FLWR_HOME.
-    from fedveil.launch import _superlink_pids
+    from fedveil.commands.launch import _superlink_pids
     assert _superlink_pids((work / "runs" / ".flwr-home").resolve()) == []
 
 

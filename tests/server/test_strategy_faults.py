@@ -135,7 +135,7 @@ def test_unknown_message_type_is_refused_by_the_client() -> None:
 
 def test_tampered_ciphertext_is_rejected_by_he_strategy(tmp_path: Path) -> None:
     """A garbled payload from one client is rejected; the others are summed."""
-    from client.he_client import payload_arrays
+    from privacy.he.layout import payload_arrays
     from privacy.he.keys import load_secret_context
     from privacy.he.packing import encrypt_arrays, payload_to_arrays
     from server.strategies.he_fedavg import HEFedAvg

@@ -27,7 +27,7 @@ HELDOUT_SEED_OFFSET = 104729
 
 @dataclass(frozen=True)
 class TokenisedRecords:
-    """Right-padded token ids with masks and per-token privacy likelihoods (ALGORITHMS.md §5)."""
+    """Right-padded token ids with masks and per-token privacy likelihoods (docs/METHODS.md §5)."""
 
     input_ids: torch.Tensor        # (N, T) long, right-padded with pad id
     attention_mask: torch.Tensor   # (N, T)
@@ -40,7 +40,7 @@ class TokenisedRecords:
 
 
 def record_prompt_length(n_tokens: int, prompt_length: int) -> int:
-    """Tokens of a record (BOS … EOS, ``n_tokens`` long) that form its prompt x (ALGORITHMS.md §4).
+    """Tokens of a record (BOS … EOS, ``n_tokens`` long) that form its prompt x (docs/METHODS.md §4).
 
     ``prompt_length``, but never more than half the record: a short record, such as an audit canary
     (≈ 14 tokens), keeps a continuation y to learn, otherwise no method would ever train on its tokens
@@ -131,7 +131,7 @@ def canary_plan(cfg: Config, tokenizer: object) -> list[Canary]:
 def with_canaries(cfg: Config, partition_id: int, texts: list[str], tokenizer: object) -> list[str]:
     """The records a client trains on: its own ``texts`` plus its planned audit canaries.
 
-    Canaries (ALGORITHMS.md §8) are planned from the run seed, so the server knows the ground truth
+    Canaries (docs/METHODS.md §8) are planned from the run seed, so the server knows the ground truth
     without receiving anything; a client that holds none gets ``texts`` unchanged.
     """
     return insert_planned(cfg, partition_id, texts, canary_plan(cfg, tokenizer))

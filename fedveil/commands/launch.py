@@ -25,7 +25,7 @@ import tomli_w
 
 from fedveil.config import Config, to_flower_tables
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 def flwr_env(flwr_home: Path) -> dict[str, str]:
@@ -49,7 +49,7 @@ def absolutise(cfg: Config, db_url: str) -> Config:
     key_dir = str(Path(cfg.he.key_dir).resolve()) if cfg.he.key_dir else ""
     if cfg.he.enabled and not key_dir:
         # Simulation: provision the federation's keys here, before the server starts, so the
-        # ServerApp process only ever reads the public context (ALGORITHMS.md §1).
+        # ServerApp process only ever reads the public context (docs/METHODS.md §1).
         from privacy.he.keys import write_keys
         key_dir = str(Path(run.run_dir) / run.run_id / "keys")
         write_keys(key_dir, cfg.he.profile)

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 RUN_ALL = PROJECT_DIR / "bench" / "run_all.py"
 
 

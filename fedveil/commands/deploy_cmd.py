@@ -1,7 +1,7 @@
 """``fedveil deploy``: run an experiment on Flower's Deployment Engine instead of the simulation.
 
 ``fedveil deploy local`` starts a whole federation on loopback (TLS, SuperNode authentication,
-CKKS keys, one private data file per node; see :mod:`fedveil.deploy_local`), runs the
+CKKS keys, one private data file per node; see :mod:`fedveil.commands.deploy_local`), runs the
 experiment through ``flwr run``, records it in the same store as ``fedveil run`` and stops every
 process it started. Real edge nodes: deploy/EDGE_NODE_GUIDE.md.
 """
@@ -104,9 +104,9 @@ def local(nodes: int = typer.Option(2, "--nodes", help=f"SuperNodes to start (1 
           timeout: float | None = typer.Option(None, "--timeout", help="give up on `flwr run` after this many s"),
           quiet: bool = typer.Option(False, "--quiet", help="write Flower's log to the work dir, not here")) -> None:
     """Deploy on loopback: TLS SuperLink, authenticated SuperNodes, HE keys; run, record, stop."""
-    from fedveil.cli import _summary, console, db_url, fail, open_store
-    from fedveil.deploy_local import DeploymentError, LocalDeployment
-    from fedveil.launch import PeakMemory, absolutise
+    from fedveil.commands.common import console, db_url, fail, open_store, print_summary
+    from fedveil.commands.deploy_local import DeploymentError, LocalDeployment
+    from fedveil.commands.launch import PeakMemory, absolutise
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device {device!r} is not allowed; choose auto, cpu or cuda")
     try:
@@ -152,7 +152,7 @@ def local(nodes: int = typer.Option(2, "--nodes", help=f"SuperNodes to start (1 
         fail(f"flwr run exited with code {code} before the run was recorded (logs in {work_dir / 'logs'})")
     store.set_resources(run_id, wall_seconds=wall, peak_rss_mb=mem.peak_increase_mb)
     result = store.get_run(run_id)
-    _summary(result, url, wall, mem.peak_increase_mb)
+    print_summary(result, url, wall, mem.peak_increase_mb)
     per_round = sorted((m["round"], m["value"]) for m in result["metrics"]
                        if m["name"] == "round-seconds" and m["client"] is None)
     if per_round:
@@ -162,5 +162,5 @@ def local(nodes: int = typer.Option(2, "--nodes", help=f"SuperNodes to start (1 
              f" (logs in {work_dir / 'logs'})")
 
 
-if __name__ == "__main__":  # `python -m fedveil.deploy_cmd local ...` before the sub-app is wired into the CLI
+if __name__ == "__main__":  # `python -m fedveil.commands.deploy_cmd local ...` before the sub-app is wired into the CLI
     deploy_app()

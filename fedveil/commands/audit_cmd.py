@@ -1,4 +1,4 @@
-"""``fedveil audit RUN_ID``: re-run the audits of a stored run from its checkpoints (ALGORITHMS.md §8).
+"""``fedveil audit RUN_ID``: re-run the audits of a stored run from its checkpoints (docs/METHODS.md §8).
 
 The end-of-run audits happen inside ``fedveil run``; this command repeats them on demand, in this
 process, from what the run left on disk: ``<run_dir>/tokenizer``, ``<run_dir>/global`` (absent
@@ -55,9 +55,9 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
     from rich.progress import Progress
 
     from client.audit_client import finetune_baseline, public_reference_model
-    from client.audit_measures import ALL_KINDS, AuditData, audit_client_models, client_canaries
-    from client.dp import default_delta
-    from client.textdata import client_texts, heldout_shard
+    from privacy.audit.measures import ALL_KINDS, AuditData, audit_client_models, client_canaries
+    from privacy.dp import default_delta
+    from distill.textdata import client_texts, heldout_shard
     from distill.models import pick_device
     from distill.tokenizer import load_tokenizer
     from fedveil.config import from_dict

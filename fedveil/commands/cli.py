@@ -12,46 +12,29 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from fedveil.audit_cmd import audit_command
+from fedveil.commands.audit_cmd import audit_command
+from fedveil.commands.common import (
+    CONFIG_HELP,
+    DB_HELP,
+    SET_HELP,
+    console,
+    db_url,
+    err,
+    fail,
+    open_store,
+    print_summary,
+)
 from fedveil.config import ConfigError, load_config, reference_markdown, to_dict, to_run_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedveil: private federated distillation with DP-SGD, CKKS aggregation and leakage audits.")
 keys_app = typer.Typer(no_args_is_help=True, help="CKKS key material for encrypted aggregation.")
 app.add_typer(keys_app, name="keys")
-console = Console()
-err = Console(stderr=True)
-
-DB_HELP = "SQLAlchemy URL of the store (default: $FEDVEIL_DB or sqlite:///runs/fedveil.db)"
-CONFIG_HELP = "TOML config file (default: the embedded defaults = configs/default.toml)"
-SET_HELP = "override one key, e.g. --set federation.rounds=5 (repeatable)"
-
-
-def fail(message: str) -> NoReturn:
-    """Print a one-line error and exit 2."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def db_url(db: str | None) -> str:
-    from fedveil.store import default_db_url
-    return db or default_db_url()
-
-
-def open_store(db: str | None) -> Any:
-    from fedveil.store import Store, StoreError
-    try:
-        return Store(db_url(db))
-    except StoreError as exc:
-        fail(str(exc))
-
-
 @app.command()
 def run(config: Path | None = typer.Option(None, "-c", "--config", help=CONFIG_HELP),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
@@ -61,7 +44,7 @@ def run(config: Path | None = typer.Option(None, "-c", "--config", help=CONFIG_H
                                                   "(its stored configuration is reused; epsilon continues)"),
         quiet: bool = typer.Option(False, "--quiet", help="do not stream Flower's logs")) -> None:
     """Run a federated experiment in a local Flower simulation and record it in the store."""
-    from fedveil.launch import PeakMemory, absolutise, run_simulation
+    from fedveil.commands.launch import PeakMemory, absolutise, run_simulation
     if resume:
         if config is not None or set_:
             fail("--resume reuses the run's stored configuration; -c/--set are not allowed with it")
@@ -88,7 +71,7 @@ def run(config: Path | None = typer.Option(None, "-c", "--config", help=CONFIG_H
     except RunNotFound:
         fail(f"flwr run exited with code {code} before the run was recorded (see the log above)")
     store.set_resources(run_id, wall_seconds=wall, peak_rss_mb=mem.peak_increase_mb)
-    _summary(store.get_run(run_id), url, wall, mem.peak_increase_mb)
+    print_summary(store.get_run(run_id), url, wall, mem.peak_increase_mb)
     if code != 0 or result["run"]["status"] != "completed":
         fail(f"run {run_id} {result['run']['status']}: {result['run'].get('error') or f'flwr exit code {code}'}")
 
@@ -120,46 +103,6 @@ def _check_inputs(cfg: Any) -> None:
                 load_text_records(path, field=cfg.data.field)
             except DataFileError as exc:
                 fail(str(exc))
-
-
-def _summary(result: dict[str, Any], url: str, wall: float, peak_mb: float) -> None:
-    r = result["run"]
-    ppl = [m for m in result["metrics"] if m["name"] in ("perplexity", "accuracy") and m["client"] is None]
-    table = Table(title=f"run {r['id']} — {r['status']}")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    table.add_row("database", url)
-    if ppl:
-        last = max(ppl, key=lambda m: m["round"] or 0)
-        table.add_row(f"final {last['name']} (round {last['round']})", f"{last['value']:.3f}")
-    eps: dict[int, float] = {}
-    for row in result["privacy_ledger"]:
-        eps[row["client_index"]] = max(eps.get(row["client_index"], 0.0), row["epsilon"])
-    for client, e in sorted(eps.items()):
-        table.add_row(f"epsilon, client {client}", f"{e:.3f}")
-    bounds = result.get("epsilon_bounds", [])
-    if bounds:
-        worst_b = max(bounds, key=lambda b: b["epsilon_lb"])
-        flagged = sum(1 for b in bounds if b.get("flagged"))
-        table.add_row(f"largest empirical eps_LB ({len(bounds)} bounds)",
-                      f"{worst_b['epsilon_lb']:.3f} ({worst_b['method']}, client {worst_b['client_index']})"
-                      + (f"  [red]{flagged} exceed the claim[/]" if flagged else ""))
-    audits = result.get("audits", [])
-    by_model: dict[str, list[float]] = {}
-    for a in audits:
-        for e in a.get("exposures", []):
-            by_model.setdefault(a["model"], []).append(e["exposure_rank"])
-    for model, values in sorted(by_model.items()):
-        table.add_row(f"max canary exposure, {model}", f"{max(values):.2f} bits")
-    mem: dict[str, list[float]] = {}
-    for a in audits:
-        if a["kind"] == "memorisation" and a["summary"].get("rate") is not None:
-            mem.setdefault(a["model"], []).append(float(a["summary"]["rate"]))
-    for model, rates in sorted(mem.items()):
-        table.add_row(f"memorised share, {model}", f"{sum(rates) / len(rates):.3f}")
-    table.add_row("wall time", f"{wall:.1f} s")
-    table.add_row("peak memory increase", f"{peak_mb:.0f} MiB")
-    console.print(table)
 
 
 @app.command()
@@ -205,7 +148,7 @@ def show(run_id: str = typer.Argument(..., help="run id (see `fedveil runs`)"),
     if r.get("error"):
         console.print(f"[red]error:[/] {r['error']}")
     console.print(r.get("privacy_statement") or "")
-    _summary(result, db_url(db), r.get("wall_seconds") or 0.0, r.get("peak_rss_mb") or 0.0)
+    print_summary(result, db_url(db), r.get("wall_seconds") or 0.0, r.get("peak_rss_mb") or 0.0)
 
 
 @app.command("config")
@@ -220,7 +163,7 @@ def config_cmd(config: Path | None = typer.Option(None, "-c", "--config", help=C
         print(reference_markdown())
         return
     if sync_files:
-        from fedveil.launch import sync_default_files
+        from fedveil.commands.launch import sync_default_files
         for path in sync_default_files():
             console.print(f"wrote {path}")
         return
@@ -239,7 +182,7 @@ def dashboard(db: str | None = typer.Option(None, "--db", help=DB_HELP),
                                           help="interface to bind (0.0.0.0 = all; "
                                                "the audit page shows canaries)")) -> None:
     """Start the Streamlit dashboard over the store (read-only)."""
-    from fedveil.dashboard_cmd import launch
+    from fedveil.commands.dashboard_cmd import launch
     raise typer.Exit(launch(db_url(db), port, address=address))
 
 
@@ -255,7 +198,7 @@ def bench_cmd(name: str = typer.Argument(..., help="benchmark name (pii, rollout
               quick: bool = typer.Option(False, "--quick",
                                          help="smoke-test sizes (minutes, not a measurement)")) -> None:
     """Run benchmarks; results go to bench/results/*.json and bench/REPORT.md."""
-    from fedveil.bench_cmd import BenchError, bench
+    from fedveil.commands.bench_cmd import BenchError, bench
     try:
         code = bench(name, data, quick)
     except BenchError as exc:
@@ -264,7 +207,7 @@ def bench_cmd(name: str = typer.Argument(..., help="benchmark name (pii, rollout
 
 
 def _register_deploy() -> None:
-    from fedveil.deploy_cmd import deploy_app
+    from fedveil.commands.deploy_cmd import deploy_app
     app.add_typer(deploy_app, name="deploy", help="Run fedveil on Flower's Deployment Engine (TLS, node auth).")
 
 

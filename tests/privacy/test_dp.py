@@ -10,7 +10,7 @@ import torch
 from opacus.accountants import PRVAccountant
 from opacus.grad_sample import GradSampleModule
 
-from client.dp import DPSession, Ledger, default_delta, plan_noise, poisson_batches, run_dp_steps
+from privacy.dp import DPSession, Ledger, default_delta, plan_noise, poisson_batches, run_dp_steps
 from distill.losses import causal_lm_ce, generalized_jsd
 from distill.models import build_lm
 
@@ -32,7 +32,7 @@ def _loss(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor, mask: t
 
 
 def test_per_example_gradient_equals_its_own_loss_gradient() -> None:
-    """ALGORITHMS.md §2: per-example losses, so Opacus' per-sample gradient i is ∇ℓ_i alone."""
+    """docs/METHODS.md §2: per-example losses, so Opacus' per-sample gradient i is ∇ℓ_i alone."""
     model = build_lm("student-xs", 64, seed=0, max_positions=32)
     reference = copy.deepcopy(model)
     ids, attn, mask = _batch()
@@ -63,7 +63,7 @@ def test_distillation_loss_is_per_example_too() -> None:
 def test_noise_plan_hits_target_epsilon_and_ledger_matches_accountant() -> None:
     plan = plan_noise(target_epsilon=2.0, delta=1e-5, n_records=1000, batch_size=10, total_steps=1000,
                       max_grad_norm=1.0, accountant="prv")
-    assert plan.noise_multiplier == pytest.approx(0.9615, abs=0.01)  # ALGORITHMS.md §2 reference (PRV)
+    assert plan.noise_multiplier == pytest.approx(0.9615, abs=0.01)  # docs/METHODS.md §2 reference (PRV)
     ledger = Ledger("prv")
     for _ in range(4):
         ledger.step(plan.noise_multiplier, plan.sample_rate, 250)

@@ -35,7 +35,7 @@ from typing import IO, Any
 import tomli_w
 
 from fedveil.config import Config, to_flower_tables
-from fedveil.launch import PROJECT_DIR, flwr_env, stop_superlink
+from fedveil.commands.launch import PROJECT_DIR, flwr_env, stop_superlink
 
 DEPLOY_DIR = PROJECT_DIR / "deploy"
 CONNECTION = "fedveil-local"
@@ -225,7 +225,7 @@ class LocalDeployment:
 
     def _write_records(self, spec: NodeSpec) -> None:
         """The node's private records, generated for its partition (synthetic) or split from data.path."""
-        from client.textdata import client_texts
+        from distill.textdata import client_texts
         texts = client_texts(self.cfg, spec.index)
         fld = self.cfg.data.field
         fd = os.open(spec.data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

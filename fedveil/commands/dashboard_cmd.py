@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedveil.store.engine import normalise_url
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 APP_PATH = PROJECT_DIR / "dashboard" / "app.py"
 
 

@@ -1,10 +1,10 @@
-"""Records → training tensors: where the prompt x ends and the learned continuation y begins (ALGORITHMS.md §4)."""
+"""Records → training tensors: where the prompt x ends and the learned continuation y begins (docs/METHODS.md §4)."""
 
 from __future__ import annotations
 
 import pytest
 
-from client.textdata import public_corpus, record_prompt_length, tokenise
+from distill.textdata import public_corpus, record_prompt_length, tokenise
 from distill.tokenizer import train_tokenizer
 
 

@@ -1,4 +1,4 @@
-"""One client's audit measurements on a set of its models (ALGORITHMS.md §8).
+"""One client's audit measurements on a set of its models (docs/METHODS.md §8).
 
 Pure functions of models and data, shared by the ClientApp's audit query
 (:mod:`client.audit_client`), the on-demand ``fedveil audit`` command and the tests. Every result is
@@ -109,7 +109,7 @@ def _token_ids(data: AuditData, texts: Sequence[str]) -> list[list[int]]:
 # -- exposure and one-run ----------------------------------------------------------------------
 
 def exposure_audit(model: torch.nn.Module, data: AuditData, progress: bool = False) -> dict[str, Any] | None:
-    """Rank and skew-normal exposure of the client's exposure canaries (ALGORITHMS.md §8).
+    """Rank and skew-normal exposure of the client's exposure canaries (docs/METHODS.md §8).
 
     Each format's canaries and references are scored in one batched call so that they share one
     secret-token mask. Returns None when the client has no exposure canary.
@@ -138,7 +138,7 @@ def exposure_audit(model: torch.nn.Module, data: AuditData, progress: bool = Fal
 
 
 def one_run_audit(model: torch.nn.Module, data: AuditData) -> dict[str, Any] | None:
-    """One-run ε lower bound (Steinke, Nasr, Jagielski 2023; ALGORITHMS.md §8) from canary scores.
+    """One-run ε lower bound (Steinke, Nasr, Jagielski 2023; docs/METHODS.md §8) from canary scores.
 
     Score = ``−log-perplexity`` of the secret; the top ``m/4`` scores are guessed IN and the bottom
     ``m/4`` OUT (fixed before looking at the scores, so no correction is needed).
@@ -250,7 +250,7 @@ def mia_audits(models: Mapping[str, torch.nn.Module], data: AuditData,
 def audit_client_models(models: Mapping[str, torch.nn.Module], data: AuditData, kinds: Sequence[str] = ALL_KINDS,
                         *, reference_model: torch.nn.Module | None = None,
                         progress: bool = False) -> dict[str, Any]:
-    """Run the requested audits (ALGORITHMS.md §8) on every model of one client.
+    """Run the requested audits (docs/METHODS.md §8) on every model of one client.
 
     Returns
     -------

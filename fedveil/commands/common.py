@@ -1,0 +1,80 @@
+"""What every command shares: the consoles, one-line errors, the store URL and the run summary.
+
+Kept apart from ``cli`` so that sub-command modules (deploy, audit, ...) can use them without
+importing the CLI module that registers them (which would be an import cycle).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+DB_HELP = "SQLAlchemy URL of the store (default: $FEDVEIL_DB or sqlite:///runs/fedveil.db)"
+CONFIG_HELP = "TOML config file (default: the embedded defaults = configs/default.toml)"
+SET_HELP = "override one key, e.g. --set federation.rounds=5 (repeatable)"
+
+
+def fail(message: str) -> NoReturn:
+    """Print a one-line error and exit 2."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def db_url(db: str | None) -> str:
+    from fedveil.store import default_db_url
+    return db or default_db_url()
+
+
+def open_store(db: str | None) -> Any:
+    from fedveil.store import Store, StoreError
+    try:
+        return Store(db_url(db))
+    except StoreError as exc:
+        fail(str(exc))
+
+
+def print_summary(result: dict[str, Any], url: str, wall: float, peak_mb: float) -> None:
+    """Print a finished (or failed) run as one table: ε per client, utility, audits, cost."""
+    r = result["run"]
+    ppl = [m for m in result["metrics"] if m["name"] in ("perplexity", "accuracy") and m["client"] is None]
+    table = Table(title=f"run {r['id']} — {r['status']}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("database", url)
+    if ppl:
+        last = max(ppl, key=lambda m: m["round"] or 0)
+        table.add_row(f"final {last['name']} (round {last['round']})", f"{last['value']:.3f}")
+    eps: dict[int, float] = {}
+    for row in result["privacy_ledger"]:
+        eps[row["client_index"]] = max(eps.get(row["client_index"], 0.0), row["epsilon"])
+    for client, e in sorted(eps.items()):
+        table.add_row(f"epsilon, client {client}", f"{e:.3f}")
+    bounds = result.get("epsilon_bounds", [])
+    if bounds:
+        worst_b = max(bounds, key=lambda b: b["epsilon_lb"])
+        flagged = sum(1 for b in bounds if b.get("flagged"))
+        table.add_row(f"largest empirical eps_LB ({len(bounds)} bounds)",
+                      f"{worst_b['epsilon_lb']:.3f} ({worst_b['method']}, client {worst_b['client_index']})"
+                      + (f"  [red]{flagged} exceed the claim[/]" if flagged else ""))
+    audits = result.get("audits", [])
+    by_model: dict[str, list[float]] = {}
+    for a in audits:
+        for e in a.get("exposures", []):
+            by_model.setdefault(a["model"], []).append(e["exposure_rank"])
+    for model, values in sorted(by_model.items()):
+        table.add_row(f"max canary exposure, {model}", f"{max(values):.2f} bits")
+    mem: dict[str, list[float]] = {}
+    for a in audits:
+        if a["kind"] == "memorisation" and a["summary"].get("rate") is not None:
+            mem.setdefault(a["model"], []).append(float(a["summary"]["rate"]))
+    for model, rates in sorted(mem.items()):
+        table.add_row(f"memorised share, {model}", f"{sum(rates) / len(rates):.3f}")
+    table.add_row("wall time", f"{wall:.1f} s")
+    table.add_row("peak memory increase", f"{peak_mb:.0f} MiB")
+    console.print(table)

@@ -1,0 +1,60 @@
+"""Node registration: waiting for nodes, the hello round and, on resume, the ledger hand-back.
+
+One home for what every server-side task (language models and digits) does before round 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedveil.store import Store
+
+log = logging.getLogger("fedveil.server")
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    """Node ids once at least ``minimum`` are connected (deployment nodes may come late)."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < minimum:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(nodes)} nodes connected after {timeout:.0f}s; need {minimum}")
+        time.sleep(1.0)
+    return nodes
+
+
+def greet(grid: Grid, nodes: list[int], timeout: float, payload: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Send every node ``payload`` (e.g. the run's tokenizer).
+
+    Asks each node its partition id and record count (``query.hello``).
+    """
+    msgs = [Message(RecordDict({"config": ConfigRecord(payload)}), dst_node_id=n, message_type="query.hello")
+            for n in nodes]
+    info: dict[int, dict[str, Any]] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error() or "hello" not in reply.content.config_records:
+            log.warning("node %s did not answer hello: %s", reply.metadata.src_node_id,
+                        reply.error.reason if reply.has_error() else "no 'hello' record")
+            continue
+        info[reply.metadata.src_node_id] = dict(reply.content.config_records["hello"])
+    return info
+
+
+def restore_ledgers(grid: Grid, store: Store, run_id: str, node_to_client: dict[int, int], timeout: float) -> None:
+    """On resume, hand each node its accountant history from the store so ε continues, never resets."""
+    ledger = store.latest_ledger(run_id)
+    msgs = []
+    for node, client in node_to_client.items():
+        row = ledger.get(client)
+        state = {"accountant": str(row["accountant"]), "sigma": [float(row["noise_multiplier"])],
+                 "q": [float(row["sample_rate"])], "steps": [int(row["steps"])]} if row else \
+            {"accountant": "prv", "sigma": [], "q": [], "steps": []}
+        msgs.append(Message(RecordDict({"ledger": ConfigRecord(state)}), dst_node_id=node,  # type: ignore[arg-type]
+                            message_type="query.restore"))
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} could not restore its ledger: {reply.error.reason}")
