@@ -125,7 +125,8 @@ class PrivacyConfig:
     delta: float = _opt(0.0, "delta; 0 picks 1/N rounded down to a power of ten, at most 1e-5", lo=0.0, hi=1e-2)
     max_grad_norm: float = _opt(1.0, "per-example clipping norm C", lo=1e-6)
     accountant: str = _opt("prv", "privacy accountant", choices=("prv", "rdp"))
-    grad_sample_mode: str = _opt("ghost", "Opacus per-sample gradient mode", choices=("ghost", "hooks"))
+    grad_sample_mode: str = _opt("ghost", "per-example clipping: bk (book-keeping, one backward pass), ghost or "
+                                 "hooks (Opacus)", choices=("bk", "ghost", "hooks"))
 
 
 @dataclass(frozen=True)
