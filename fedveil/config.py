@@ -170,6 +170,8 @@ class AuditConfig:
     canary_clients: int = _opt(1, "how many clients receive canaries", lo=0)
     n_references: int = _opt(2000, "reference candidates per canary format", lo=16)
     every_round: bool = _opt(False, "also audit the global student's canary exposure after every round (HE off)")
+    release_scores: bool = _opt(False, "audit replies also carry per-record statistics (ROC points, score "
+                                "histograms, thresholds); listed in the privacy statement when on")
 
 
 @dataclass(frozen=True)

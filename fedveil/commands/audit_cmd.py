@@ -54,15 +54,14 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
     """
     from rich.progress import Progress
 
-    from client.audit_client import finetune_baseline, public_reference_model
-    from privacy.audit.measures import ALL_KINDS, AuditData, audit_client_models, client_canaries
-    from privacy.dp import default_delta
-    from distill.textdata import client_texts, heldout_shard
+    from client.audit_client import audit_delta, measure_node
+    from distill.textdata import client_texts
+    from privacy.audit.measures import ALL_KINDS
     from distill.models import pick_device
     from distill.tokenizer import load_tokenizer
     from fedveil.config import from_dict
     from fedveil.store import Store
-    from privacy.audit.plan import insert_planned, reference_candidates, run_canary_plan, training_encode
+    from privacy.audit.plan import insert_planned, run_canary_plan, training_encode
     from server.audits import store_canaries, store_client_audit
 
     chosen = tuple(kinds) if kinds else ALL_KINDS
@@ -82,7 +81,6 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
         # The plan of the configuration the run TRAINED with: only those canaries were inserted.
         plan = run_canary_plan(cfg, encode)
         store_canaries(store, run_id, plan)
-        references = reference_candidates(cfg, encode, plan)
         ledger = store.latest_ledger(run_id)
         device = pick_device(cfg.model.device)
         clients = sorted(c["client_index"] for c in run["clients"]) or list(range(cfg.federation.clients))
@@ -102,21 +100,11 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
                                       "exposure only")
                 entry = ledger.get(pid)
                 steps = int(entry["steps"]) if entry else cfg.federation.rounds * cfg.train.local_steps
-                train_texts = insert_planned(cfg, pid, own, plan)
-                if {"memorisation", "exposure", "mia", "epsilon"} & set(client_kinds):
-                    models["finetuned"] = finetune_baseline(cfg, tokenizer, train_texts, steps, pid, device)
-                reference = (public_reference_model(cfg, tokenizer, steps, device)
-                             if {"mia", "epsilon"} & set(client_kinds) else None)
-                data = AuditData(encode=encode, members=own, nonmembers=heldout_shard(cfg, pid),
-                                 max_length=cfg.data.max_length, canaries=client_canaries(plan, pid),
-                                 references=references,
-                                 delta=float(entry["delta"]) if entry else cfg.privacy.delta or default_delta(
-                                     len(train_texts)))
-                result = audit_client_models(models, data, client_kinds, reference_model=reference,
-                                             progress=progress)
-                result["meta"] = {"partition_id": pid, "models": sorted(models), "kinds": list(client_kinds),
-                                  "dp_steps": steps, "on_demand": True,
-                                  "reference_model": "student preset trained on the public corpus"}
+                n_train = len(insert_planned(cfg, pid, own, plan))
+                delta = audit_delta(cfg, dict(entry) if entry else None, n_train)
+                result = measure_node(cfg, tokenizer, pid, models, own, steps=steps, delta=delta,
+                                      kinds=client_kinds, device=device, progress=progress)
+                result["meta"]["on_demand"] = True
                 store_client_audit(store, run_id, cfg, pid, result, ledger)
                 bar.advance(task)
 

@@ -191,3 +191,25 @@ def test_strongly_private_model_shows_low_exposure(tok: Any, issue_setup: tuple)
     assert float(np.mean(_sixteen_fold(result))) < 0.5 * math.log2(256)
     eps = result["epsilon"]["global"]
     assert eps["clopper_pearson"]["epsilon_lb"] <= epsilon and eps["one_run"]["epsilon_lb"] <= epsilon
+
+
+def test_mia_reply_carries_summaries_unless_scores_are_released(tok: Any, issue_setup: tuple) -> None:
+    """Issue 13 item 3: ROC points, histograms and thresholds (statistics of single records) stay on the node
+    unless ``audit.release_scores``; every TPR cell that is undefined says why; the bound carries its power."""
+    import dataclasses
+
+    from privacy.audit.epsilon import clopper_pearson_power
+
+    _, _, data = issue_setup
+    model = build_lm("student-xs", len(tok), seed=0)
+    kept = audit_client_models({"global": model}, data, ("mia", "epsilon"))
+    for attack in kept["mia"]["global"]["attacks"].values():
+        assert "roc_points" not in attack and "histogram" not in attack
+        assert attack["tpr_at_1pct_na"] == f"needs >= 100 non-members, has {len(data.nonmembers)}"
+    best = kept["epsilon"]["global"]["clopper_pearson"]
+    assert "threshold" not in best and best["epsilon_lb"] <= best["power"]
+    assert best["power"] == pytest.approx(clopper_pearson_power(
+        best["n_members"], best["n_nonmembers"], best["alpha_per_attack"] / best["thresholds_tried"], data.delta))
+    released = audit_client_models({"global": model}, dataclasses.replace(data, release_scores=True), ("mia",))
+    attack = released["mia"]["global"]["attacks"]["loss"]
+    assert attack["roc_points"] and sum(attack["histogram"]["members"]) == released["mia"]["global"]["n_members"]
