@@ -313,11 +313,11 @@ def bounds_frame(detail: Mapping[str, Any]) -> pd.DataFrame:
             "method": b.get("method"),
             "client": client,
             "epsilon_lb": number(b.get("epsilon_lb")),
-            "accountant_epsilon": claim,
+            "accountant_epsilon": number(details.get("claimed_epsilon")) if control else claim,
             "power": power,
-            "flagged": bool(b.get("flagged", False)),
+            "flagged": bool(details.get("control_exceeds_claim")) if control else bool(b.get("flagged", False)),
             "control": control,
-            "note": power_note(power, claim if not control else number(details.get("claimed_epsilon"))) or "",
+            "note": power_note(power, number(details.get("claimed_epsilon")) if control else claim) or "",
         })
     return pd.DataFrame(rows, columns=columns)
 

@@ -91,7 +91,9 @@ def test_run_stores_every_audit(audited_run: tuple[str, str, dict]) -> None:
         assert set(audit["summary"]["by_repetitions"]) == {"0", "1", "4", "16"}
     mia = next(a for a in audits if a["kind"] == "mia" and a["model"] == "global")
     assert {"loss", "zlib", "min_k", "reference"} <= set(mia["summary"])
-    assert "roc_points" in mia["summary"]["loss"] and "histogram" in mia["summary"]["loss"]
+    # Summaries only (issue 13): per-record statistics stay on the node unless audit.release_scores.
+    assert "roc_points" not in mia["summary"]["loss"] and "histogram" not in mia["summary"]["loss"]
+    assert mia["params"]["nonmembers"].startswith("held out of training by the node's secret coin")
     memo = next(a for a in audits if a["kind"] == "memorisation" and a["model"] == "global")
     assert memo["summary"]["n_audited"] > 0 and "inherited_from_teacher" in memo["summary"]
 
@@ -100,6 +102,13 @@ def test_run_stores_every_audit(audited_run: tuple[str, str, dict]) -> None:
     for client in (0, 1):
         assert {(client, "clopper-pearson", "global"), (client, "clopper-pearson", "student")} <= methods
     assert (0, "one-run", "global") in methods
+    # The pooled one-run audit of the released global model, with its power beside it.
+    pooled = next(b for b in bounds if b["client_index"] is None and b["method"] == "one-run")
+    assert pooled["details"]["pooled"] and pooled["details"]["clients"] == [0, 1]
+    assert 0.0 <= pooled["epsilon_lb"] <= pooled["details"]["power"]
+    revealed = [c for c in canaries if c["one_run"]]
+    assert len(revealed) == pooled["details"]["m"] and sum(c["inserted"] for c in revealed) == pooled["details"][
+        "n_included"]
     _check_bounds(shown)
 
 
