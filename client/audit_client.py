@@ -34,7 +34,14 @@ from distill.textdata import canary_plan, public_corpus, tokenise, with_canaries
 from client.trainers import train_teacher
 from distill.models import build_lm, save_checkpoint
 from fedveil.config import Config
-from privacy.audit.plan import canary_share, mia_split, node_plan, reference_candidates, training_encode
+from privacy.audit.plan import (
+    canary_share,
+    is_one_run,
+    mia_split,
+    node_plan,
+    reference_candidates,
+    training_encode,
+)
 
 __all__ = [
     "FINETUNE_MAX_STEPS",
@@ -160,7 +167,7 @@ def measure_node(cfg: Config, tokenizer: Any, pid: int, models: dict[str, torch.
     encode = training_encode(tokenizer)
     shared = canary_plan(cfg, tokenizer)
     members, nonmembers = mia_split(cfg, pid, own)
-    plan = node_plan(cfg, pid, len(members), shared)
+    plan = node_plan(cfg, pid, len(own), shared)
     data = AuditData(encode=encode, members=members, nonmembers=nonmembers, max_length=cfg.data.max_length,
                      canaries=client_canaries(plan, pid), references=reference_candidates(cfg, encode, shared),
                      delta=delta, release_scores=cfg.audit.release_scores)
@@ -174,6 +181,8 @@ def measure_node(cfg: Config, tokenizer: Any, pid: int, models: dict[str, torch.
                       "finetune_steps": max(1, min(steps, FINETUNE_MAX_STEPS)), "n_members": len(members),
                       "n_nonmembers": len(nonmembers), "delta": delta, "mia_split": "secret random split",
                       "canary_share": canary_share(plan, pid, len(members)),
+                      "withdrawn_exposure_canaries": sorted(c.canary_id for c in plan if c.client_index == pid
+                                                            and not c.inserted and not is_one_run(c)),
                       "release_scores": cfg.audit.release_scores,
                       "reference_model": "student preset trained on the public corpus", "device": str(device),
                       "train_seconds": t1 - t0, "audit_seconds": time.perf_counter() - t1}

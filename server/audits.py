@@ -27,7 +27,14 @@ from distill.tokenizer import tokenizer_to_json
 from fedveil.config import Config
 from fedveil.store import CanaryRow, EventRow, ExposureRow, Store
 from privacy.audit.canaries import Canary
-from privacy.audit.plan import is_one_run, plan_formats, reference_candidates, run_canary_plan, training_encode
+from privacy.audit.plan import (
+    is_one_run,
+    plan_formats,
+    public_plan,
+    reference_candidates,
+    run_canary_plan,
+    training_encode,
+)
 
 __all__ = [
     "canary_rows",
@@ -252,7 +259,8 @@ def run_audits(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path
     if not cfg.audit.enabled or not cfg.audit.kinds:
         return
     try:
-        plan = run_canary_plan(cfg, training_encode(tokenizer))
+        counts = {int(c["client_index"]): int(c["num_examples"]) for c in store.get_run(run_id)["clients"]}
+        plan = public_plan(cfg, run_canary_plan(cfg, training_encode(tokenizer)), counts)
         store_canaries(store, run_id, plan)
         if final_arrays is None:
             _event(store, run_id, "no final global model to audit")

@@ -61,7 +61,7 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
     from distill.tokenizer import load_tokenizer
     from fedveil.config import from_dict
     from fedveil.store import Store
-    from privacy.audit.plan import insert_planned, run_canary_plan, training_encode
+    from privacy.audit.plan import insert_planned, public_plan, run_canary_plan, training_encode
     from server.audits import revealed_canaries, store_canaries, store_client_audit, store_pooled
 
     chosen = tuple(kinds) if kinds else ALL_KINDS
@@ -79,7 +79,8 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
         tokenizer = load_tokenizer(run_dir / "tokenizer")
         encode = training_encode(tokenizer)
         # The plan of the configuration the run TRAINED with: only those canaries were inserted.
-        plan = run_canary_plan(cfg, encode)
+        counts = {int(c["client_index"]): int(c["num_examples"]) for c in run["clients"]}
+        plan = public_plan(cfg, run_canary_plan(cfg, encode), counts)
         store_canaries(store, run_id, plan)
         ledger = store.latest_ledger(run_id)
         device = pick_device(cfg.model.device)

@@ -57,6 +57,7 @@ __all__ = [
     "node_plan",
     "one_run_per_client",
     "plan_formats",
+    "public_plan",
     "plan_summary",
     "reference_candidates",
     "run_canary_plan",
@@ -195,24 +196,17 @@ def _key(cfg: Config, partition_id: int) -> bytes:
 
 
 def _share_budget(cfg: Config, n_records: int) -> float:
-    """Largest expected number of canary copies ``E`` with ``E / (n + E) <= audit.max_canary_share``."""
+    """Largest expected number of canary copies ``E`` with ``E / (n + E) <= audit.max_canary_share``, for
+    the ``n`` records a node trains on out of its ``n_records`` (the MIA holdout is taken out)."""
     share = cfg.audit.max_canary_share
-    return share * n_records / (1.0 - share)
+    trained = n_records * (1.0 - cfg.audit.mia_holdout) if _split_active(cfg) else float(n_records)
+    return share * trained / (1.0 - share)
 
 
-def node_plan(cfg: Config, partition_id: int, n_records: int, plan: Sequence[Canary]) -> list[Canary]:
-    """The plan as node ``partition_id`` knows it, under the cap on its canaries' share of its training set.
-
-    The expected canary share ``(exposure copies + m/2) / (n + exposure copies + m/2)`` stays at most
-    ``audit.max_canary_share``: the node's exposure canaries with the most copies are withdrawn first
-    (they stay in the audit as never-inserted controls, ``repetitions=0``), then it uses only as many of
-    its one-run canaries as fit, each included by its secret coin. Other clients' one-run canaries are
-    dropped (unknown here). Deterministic in (configuration, node key, ``n_records``), so training and
-    a later audit on the node agree.
-    """
+def _withdrawn(cfg: Config, partition_id: int, n_records: int, plan: Sequence[Canary]) -> tuple[set[str], int]:
+    """Exposure canaries a node withdraws to respect the share cap (most copies first), and the copies left."""
     budget = _share_budget(cfg, n_records)
-    exposure = [c for c in plan if not is_one_run(c)]
-    mine = sorted((c for c in exposure if c.inserted and c.client_index == partition_id),
+    mine = sorted((c for c in plan if not is_one_run(c) and c.inserted and c.client_index == partition_id),
                   key=lambda c: (-c.repetitions, c.canary_id))
     copies = sum(c.repetitions for c in mine)
     withdrawn: set[str] = set()
@@ -221,16 +215,43 @@ def node_plan(cfg: Config, partition_id: int, n_records: int, plan: Sequence[Can
             break
         withdrawn.add(c.canary_id)
         copies -= c.repetitions
+    return withdrawn, copies
+
+
+def public_plan(cfg: Config, plan: Sequence[Canary], n_records: Mapping[int, int]) -> list[Canary]:
+    """The plan as everyone can know it once each client's record count is known (it is public): exposure
+    canaries withdrawn by the share cap become never-inserted controls (``repetitions=0``)."""
+    withdrawn: set[str] = set()
+    for client, n in n_records.items():
+        withdrawn |= _withdrawn(cfg, client, n, plan)[0]
+    return [dataclasses.replace(c, inserted=False, repetitions=0) if c.canary_id in withdrawn else c for c in plan]
+
+
+def node_plan(cfg: Config, partition_id: int, n_records: int, plan: Sequence[Canary]) -> list[Canary]:
+    """The plan as node ``partition_id`` (holding ``n_records`` records) knows it, under the share cap.
+
+    The expected canary share ``(exposure copies + m/2) / (n + exposure copies + m/2)`` of its training
+    set stays at most ``audit.max_canary_share``: the node's exposure canaries with the most copies are
+    withdrawn first (they stay in the audit as never-inserted controls, :func:`public_plan`), then it
+    uses only as many of its one-run canaries as fit, each included by its secret coin. Other clients'
+    one-run canaries are dropped (unknown here). Only the coins are secret: which canaries are used
+    follows from the configuration and the record count.
+    """
+    withdrawn, copies = _withdrawn(cfg, partition_id, n_records, plan)
     exposure = [dataclasses.replace(c, inserted=False, repetitions=0) if c.canary_id in withdrawn else c
-                for c in exposure]
+                for c in plan if not is_one_run(c)]
     own = [c for c in plan if is_one_run(c) and c.client_index == partition_id]
-    used = own[: max(0, min(len(own), math.floor(2.0 * (budget - copies))))]
+    used = own[: max(0, min(len(own), math.floor(2.0 * (_share_budget(cfg, n_records) - copies))))]
     key = _key(cfg, partition_id) if used else b""
     resolved = []
     for c in used:
         flag = coins.included(key, c.canary_id)
         resolved.append(dataclasses.replace(c, inserted=flag, repetitions=int(flag)))
     return exposure + resolved
+
+
+def _split_active(cfg: Config) -> bool:
+    return cfg.audit.enabled and bool({"mia", "epsilon"} & set(cfg.audit.kinds)) and cfg.audit.mia_holdout > 0.0
 
 
 def mia_split(cfg: Config, partition_id: int, texts: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -240,7 +261,7 @@ def mia_split(cfg: Config, partition_id: int, texts: Sequence[str]) -> tuple[lis
     but the node's key decides, so a non-IID partition cannot make members look different from
     non-members. No split (all members) when the MIA is not audited.
     """
-    if not (cfg.audit.enabled and {"mia", "epsilon"} & set(cfg.audit.kinds)) or cfg.audit.mia_holdout <= 0.0:
+    if not _split_active(cfg):
         return list(texts), []
     key = _key(cfg, partition_id)
     held = [coins.uniform(key, f"record-{i}") < cfg.audit.mia_holdout for i in range(len(texts))]
@@ -272,7 +293,7 @@ def insert_planned(cfg: Config, partition_id: int, texts: list[str], plan: Seque
     at a seeded random position."""
     members, _ = mia_split(cfg, partition_id, texts)
     rng = np.random.default_rng(_seed(cfg, _SALT_INSERT, partition_id))
-    return insert_canaries(members, node_plan(cfg, partition_id, len(members), plan), partition_id, rng)
+    return insert_canaries(members, node_plan(cfg, partition_id, len(texts), plan), partition_id, rng)
 
 
 def plan_summary(plan: Sequence[Canary]) -> Mapping[str, int]:

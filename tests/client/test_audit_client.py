@@ -72,7 +72,7 @@ def test_plan_is_deterministic_and_only_for_canary_clients(tok: Any) -> None:
     # one-run canaries its own coins include; the original records keep their order.
     for pid in (0, 1):
         members, held = mia_split(cfg, pid, client_texts(cfg, pid))
-        resolved = node_plan(cfg, pid, len(members), plan)
+        resolved = node_plan(cfg, pid, len(client_texts(cfg, pid)), plan)
         train = with_canaries(cfg, pid, client_texts(cfg, pid), tok)
         copies = sum(c.repetitions for c in resolved if c.inserted and c.client_index == pid)
         assert len(train) == len(members) + copies and [t for t in train if t in members] == members
@@ -81,7 +81,7 @@ def test_plan_is_deterministic_and_only_for_canary_clients(tok: Any) -> None:
             0.5 for c in resolved if is_one_run(c))
         assert expected / (len(members) + expected) <= cfg.audit.max_canary_share + 1e-9  # capped in expectation
     # Client 0's 16-fold canary no longer fits 24 records under the 30 % cap: withdrawn, kept as a control.
-    resolved = node_plan(cfg, 0, len(mia_split(cfg, 0, client_texts(cfg, 0))[0]), plan)
+    resolved = node_plan(cfg, 0, len(client_texts(cfg, 0)), plan)
     assert [c.repetitions for c in resolved if c.client_index == 0 and not is_one_run(c)] == [1, 4, 0]
     # No exposure audit configured: no canary inserted anywhere.
     assert run_canary_plan(load_config(None, [*SMALL, "audit.kinds=['mia']"]), encode) == []
