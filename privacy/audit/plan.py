@@ -134,9 +134,15 @@ def one_run_per_client(cfg: Config) -> int:
     from the canaries actually used, so a cap shows up as lower power, never as a hidden weaker audit.
     """
     n = max(1, cfg.federation.clients)
-    total = cfg.audit.one_run_canaries or _pooled_canaries(
-        cfg.audit.power_factor * cfg.privacy.target_epsilon, cfg.privacy.delta or _DESIGN_DELTA, n)
-    return max(1, math.ceil(total / n))
+    if cfg.audit.one_run_canaries:
+        return max(1, math.ceil(cfg.audit.one_run_canaries / n))
+    total = _pooled_canaries(cfg.audit.power_factor * cfg.privacy.target_epsilon, cfg.privacy.delta or _DESIGN_DELTA,
+                             n)
+    # A canary client's exposure copies take up to two one-run canaries each out of its share budget
+    # (node_plan), so the design plans that many more, spread over all clients.
+    displaced = 2 * len(canary_clients(cfg)) * sum(cfg.audit.canary_repetitions) * cfg.audit.canaries_per_setting \
+        if _exposure_planned(cfg) else 0
+    return max(1, math.ceil((total + displaced) / n))
 
 
 def canary_clients(cfg: Config) -> list[int]:

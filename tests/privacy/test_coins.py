@@ -65,3 +65,17 @@ def test_member_split_is_a_secret_random_split_of_one_pool(tmp_path: Path) -> No
                                          "audit.mia_holdout=0.25"]), 0, texts)[1]
     assert len(set(held) ^ set(other)) > 300  # another node key, another split
     assert mia_split(load_config(None, [*SMALL, "audit.kinds=['exposure']"]), 0, texts) == (texts, [])
+
+
+def test_default_design_has_power_twice_the_claim(tmp_path: Path) -> None:
+    """Issue 20 Done-when: the default audit of the global model, after every node's share cap, could
+    certify at least 2 x the target epsilon with a perfect attack."""
+    from privacy.audit.epsilon import one_run_power
+    from privacy.audit.plan import ONE_RUN_GUESS_FRACTION
+
+    cfg = load_config(None, [f"run.run_dir='{tmp_path}'", "run.run_id='d'"])
+    plan = run_canary_plan(cfg, _encode)
+    m = sum(1 for pid in range(cfg.federation.clients)
+            for c in node_plan(cfg, pid, cfg.data.records_per_client, plan) if c.canary_id.startswith("onerun"))
+    r = 2 * int(m * ONE_RUN_GUESS_FRACTION / 2)
+    assert one_run_power(m, r, 1e-5) >= 2 * cfg.privacy.target_epsilon
