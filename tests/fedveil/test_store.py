@@ -393,3 +393,20 @@ def test_concurrent_writers_queue(tmp_path: Path) -> None:
     assert errors == []
     with Store(url) as store:
         assert len(store.list_runs()) == 15
+
+
+def test_headline_exposure_ignores_unreleased_models(store: Store) -> None:
+    """Issue 20: a run's worst exposure is over the released models (students, global) only; the teacher and
+    the fine-tuned baseline never leave their node, so their 10.97 bits must not become the run's number."""
+    run_id = _run(store)
+
+    def audit(model: str, bits: float) -> None:
+        store.add_audit(run_id, "exposure", model, client_index=0,
+                        exposures=[ExposureRow("c", 16, 30.0, bits, 2000)])
+
+    audit("teacher", 10.97)
+    audit("finetuned", 10.5)
+    assert store.list_runs()[0]["worst_exposure"] is None  # nothing released was audited
+    audit("student", 4.06)
+    audit("global", 3.5)
+    assert store.list_runs()[0]["worst_exposure"] == pytest.approx(4.06)
