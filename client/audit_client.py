@@ -30,11 +30,18 @@ from client import he_client, runtime
 from privacy.audit.measures import ALL_KINDS, AuditData, audit_client_models, client_canaries
 from privacy.dp import Ledger, default_delta
 from client.protocol import ProtocolError, require_config
-from distill.textdata import canary_plan, heldout_shard, public_corpus, tokenise, with_canaries
+from distill.textdata import canary_plan, public_corpus, tokenise, with_canaries
 from client.trainers import train_teacher
 from distill.models import build_lm, save_checkpoint
 from fedveil.config import Config
-from privacy.audit.plan import reference_candidates, training_encode
+from privacy.audit.plan import (
+    canary_share,
+    is_one_run,
+    mia_split,
+    node_plan,
+    reference_candidates,
+    training_encode,
+)
 
 __all__ = [
     "FINETUNE_MAX_STEPS",
@@ -158,9 +165,11 @@ def measure_node(cfg: Config, tokenizer: Any, pid: int, models: dict[str, torch.
     t0 = time.perf_counter()
     torch.manual_seed(cfg.run.seed * 7 + pid)
     encode = training_encode(tokenizer)
-    plan = canary_plan(cfg, tokenizer)
-    data = AuditData(encode=encode, members=own, nonmembers=heldout_shard(cfg, pid), max_length=cfg.data.max_length,
-                     canaries=client_canaries(plan, pid), references=reference_candidates(cfg, encode, plan),
+    shared = canary_plan(cfg, tokenizer)
+    members, nonmembers = mia_split(cfg, pid, own)
+    plan = node_plan(cfg, pid, len(own), shared)
+    data = AuditData(encode=encode, members=members, nonmembers=nonmembers, max_length=cfg.data.max_length,
+                     canaries=client_canaries(plan, pid), references=reference_candidates(cfg, encode, shared),
                      delta=delta, release_scores=cfg.audit.release_scores)
     reference = public_reference_model(cfg, tokenizer, steps, device) if {"mia", "epsilon"} & set(kinds) else None
     if kinds:
@@ -169,8 +178,11 @@ def measure_node(cfg: Config, tokenizer: Any, pid: int, models: dict[str, torch.
     t1 = time.perf_counter()
     result = audit_client_models(models, data, kinds, reference_model=reference, progress=progress)
     result["meta"] = {"partition_id": pid, "models": sorted(models), "kinds": list(kinds), "dp_steps": steps,
-                      "finetune_steps": max(1, min(steps, FINETUNE_MAX_STEPS)), "n_members": len(own),
-                      "n_nonmembers": len(data.nonmembers), "delta": delta,
+                      "finetune_steps": max(1, min(steps, FINETUNE_MAX_STEPS)), "n_members": len(members),
+                      "n_nonmembers": len(nonmembers), "delta": delta, "mia_split": "secret random split",
+                      "canary_share": canary_share(plan, pid, len(members)),
+                      "withdrawn_exposure_canaries": sorted(c.canary_id for c in plan if c.client_index == pid
+                                                            and not c.inserted and not is_one_run(c)),
                       "release_scores": cfg.audit.release_scores,
                       "reference_model": "student preset trained on the public corpus", "device": str(device),
                       "train_seconds": t1 - t0, "audit_seconds": time.perf_counter() - t1}
@@ -183,10 +195,9 @@ def audit_node(node: runtime.NodeState, context: Context, request: runtime.Reque
     cfg, tokenizer, pid = node.cfg, request.tokenizer, node.partition_id
     models = _models(node, context, request)
     saved = _save(cfg, pid, models)
-    plan = canary_plan(cfg, tokenizer)
     own = node.texts()
     ledger = dict(context.state.config_records["ledger"]) if "ledger" in context.state.config_records else None
-    n_train = len(own) + sum(c.repetitions for c in plan if c.inserted and c.client_index == pid)
+    n_train = len(with_canaries(cfg, pid, own, tokenizer))
     result = measure_node(cfg, tokenizer, pid, models, own, steps=dp_steps_taken(cfg, ledger),  # type: ignore[arg-type]
                           delta=audit_delta(cfg, ledger, n_train), kinds=kinds, device=node.device)  # type: ignore[arg-type]
     result["meta"]["saved_checkpoints"] = saved

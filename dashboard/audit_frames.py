@@ -313,11 +313,21 @@ def bounds_frame(detail: Mapping[str, Any]) -> pd.DataFrame:
             "method": b.get("method"),
             "client": client,
             "epsilon_lb": number(b.get("epsilon_lb")),
-            "accountant_epsilon": claim,
+            "accountant_epsilon": number(details.get("claimed_epsilon")) if control else claim,
             "power": power,
-            "flagged": bool(b.get("flagged", False)),
+            "flagged": bool(details.get("control_exceeds_claim")) if control else bool(b.get("flagged", False)),
             "control": control,
-            "note": power_note(power, claim if not control else number(details.get("claimed_epsilon"))) or "",
+            "note": power_note(power, number(details.get("claimed_epsilon")) if control else claim) or "",
         })
     return pd.DataFrame(rows, columns=columns)
 
+
+
+def canary_share_text(detail: Mapping[str, Any]) -> str:
+    """``"client 0: 27.1%, client 1: 20.3%"``: the canary share of each client's training set (global audits)."""
+    shares = {}
+    for audit in audits_of(detail, "epsilon"):
+        share = number((audit.get("params") or {}).get("canary_share"))
+        if share is not None and audit.get("client_index") is not None:
+            shares[int(audit["client_index"])] = share
+    return ", ".join(f"client {c}: {100.0 * v:.1f}%" for c, v in sorted(shares.items()))

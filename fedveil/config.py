@@ -170,6 +170,16 @@ class AuditConfig:
     canary_clients: int = _opt(1, "how many clients receive canaries", lo=0)
     n_references: int = _opt(2000, "reference candidates per canary format", lo=16)
     every_round: bool = _opt(False, "also audit the global student's canary exposure after every round (HE off)")
+    power_factor: float = _opt(2.0, "one-run canaries are planned so that the audit's power is at least this "
+                               "times privacy.target_epsilon", lo=0.0)
+    one_run_canaries: int = _opt(0, "one-run canaries pooled over all clients; 0 = as many as power_factor needs",
+                                 lo=0)
+    max_canary_share: float = _opt(0.3, "cap on the expected share of canary copies in a client's training set",
+                                   lo=0.0, hi=0.9)
+    mia_holdout: float = _opt(0.2, "share of each client's records held out by a secret coin as MIA non-members",
+                              lo=0.0, hi=0.9)
+    control_of: str = _opt("", "run id of the DP run this run is the non-DP control of (set by `fedveil audit "
+                                "--control`); its pooled eps_LB is stored in that run too")
     release_scores: bool = _opt(False, "audit replies also carry per-record statistics (ROC points, score "
                                 "histograms, thresholds); listed in the privacy statement when on")
 

@@ -10,6 +10,7 @@ import streamlit as st
 from dashboard import charts, data, ui
 from dashboard.audit_frames import (
     bounds_frame,
+    canary_share_text,
     distillation_reduction,
     exposure_frame,
     exposure_trend_frame,
@@ -108,8 +109,9 @@ def mia_section(detail: Mapping[str, Any]) -> None:
     if mia.empty:
         st.caption("No membership-inference audit recorded for this run.")
         return
-    st.caption("Members are the client's training records, non-members its held-out records; higher score = "
-               "guessed member. AUC 0.5 is chance; what matters for privacy is the TPR at a low FPR.")
+    st.caption("Members and non-members are one secret random split of each client's records (the node's coin "
+               "holds `audit.mia_holdout` out of training); higher score = guessed member. AUC 0.5 is chance; what "
+               "matters for privacy is the TPR at a low FPR, empty where a client has too few non-members.")
     ui.table(mia, {
         "model": st.column_config.TextColumn("Model"),
         "client": st.column_config.TextColumn("Client"),
@@ -194,6 +196,10 @@ def epsilon_section(detail: Mapping[str, Any]) -> None:
             "control": st.column_config.CheckboxColumn("Non-DP control"),
             "note": st.column_config.TextColumn("Note"),
         })
+    shares = canary_share_text(detail)
+    if shares:
+        st.caption(f"Canary copies in each client's training set (capped by `audit.max_canary_share`): {shares}. "
+                   "The canaries are inline: the released model is the audited one.")
     with st.expander("What the flag means", expanded=not flagged.empty):
         st.markdown(FLAG_EXPLAINED)
 

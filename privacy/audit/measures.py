@@ -31,7 +31,7 @@ from privacy.audit.epsilon import (
 from privacy.audit.exposure import exposure_report
 from privacy.audit.memorisation import MemorisationResult, extraction_check, inherited_count
 from privacy.audit.mia import loglog_roc_points, loss_score, min_k_score, reference_score, roc_metrics, zlib_score
-from privacy.audit.plan import ONE_RUN_FORMAT, is_one_run, plan_formats
+from privacy.audit.plan import ONE_RUN_BETA, ONE_RUN_FORMAT, is_one_run, plan_formats
 from privacy.audit.scoring import secret_log_perplexity, token_logprobs
 
 __all__ = [
@@ -54,7 +54,7 @@ MEMO_MAX_RECORDS = 64
 MIA_MAX_RECORDS = 512
 MIN_K = 0.2
 ALPHA = 0.05
-BETA = 0.05
+BETA = ONE_RUN_BETA
 ROC_POINTS = 100
 HIST_BINS = 20
 SCORE_BATCH = 256
@@ -74,7 +74,8 @@ class AuditData:
     members
         The client's own training records (canary copies excluded): MIA members, extraction records.
     nonmembers
-        Records from the same distribution never trained on (the client's held-out shard).
+        The client's records held out of training by its secret coin (``privacy.audit.plan.mia_split``):
+        the other half of one random split, so members and non-members share one distribution.
     max_length
         Training sequence length; records are truncated as in training.
     canaries
@@ -99,11 +100,11 @@ class AuditData:
 
 
 def client_canaries(plan: Sequence[Canary], partition_id: int) -> list[Canary]:
-    """The canaries a client audits: its own (exposure and one-run) and, when it holds any, the
-    never-inserted controls; a client without canaries has no exposure to audit."""
+    """The canaries a client audits: its own (exposure and one-run) and, when it holds exposure canaries,
+    the never-inserted controls; a client without exposure canaries has no exposure to audit."""
     own = [c for c in plan if c.client_index == partition_id]
-    if not own:
-        return []
+    if not any(not is_one_run(c) for c in own):
+        return own
     return own + [c for c in plan if c.client_index is None and not is_one_run(c)]
 
 
@@ -162,9 +163,12 @@ def one_run_audit(model: torch.nn.Module, data: AuditData) -> dict[str, Any] | N
     k = len(canaries) // 4
     r, v = one_run_guesses(scores, included, k, k)
     eps = one_run_epsilon(len(canaries), r, v, delta=data.delta, beta=BETA)
+    # Canary scores and coins go to the auditor, which pools them over clients (server.audits): canaries
+    # are synthetic, so neither says anything about a private record.
     return {"m": len(canaries), "r": r, "v": v, "k_pos": k, "k_neg": k, "beta": BETA, "delta": data.delta,
             "epsilon_lb": eps, "power": one_run_power(len(canaries), r, delta=data.delta, beta=BETA),
-            "n_included": int(sum(included)), "score": "-log_perplexity_bits"}
+            "n_included": int(sum(included)), "score": "-log_perplexity_bits",
+            "canaries": {c.canary_id: [float(s), bool(c.inserted)] for c, s in zip(canaries, scores, strict=True)}}
 
 
 # -- memorisation ------------------------------------------------------------------------------
@@ -262,6 +266,8 @@ def mia_audits(models: Mapping[str, torch.nn.Module], data: AuditData,
                 # node only on request (audit.release_scores) and the privacy statement lists them.
                 attacks[attack]["roc_points"] = [list(p) for p in loglog_roc_points(roc.fpr, roc.tpr, ROC_POINTS)]
                 attacks[attack]["histogram"] = _histogram(inside, outside)
+                attacks[attack]["member_scores"] = inside.tolist()
+                attacks[attack]["nonmember_scores"] = outside.tolist()
             eps, threshold, counts = best_attack_epsilon(inside, outside, alpha=alpha, delta=data.delta)
             attacks[attack]["epsilon_lb"] = eps
             tried = int(np.unique(values).size)

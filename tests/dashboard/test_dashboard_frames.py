@@ -126,8 +126,8 @@ def test_audit_frames_accept_variants() -> None:
         ["teacher (reference)", "server", "loss"]]
     assert len(roc_frame(detail)) == 2  # the (0, 0.1) point cannot go on log axes
     hist = score_histogram_frame(detail, bins=3)
-    assert set(hist["model"]) == {"teacher (reference)"} and hist.groupby("group")["share"].sum().tolist() == pytest.approx(
-        [100.0, 100.0])
+    assert set(hist["model"]) == {"teacher (reference)"}
+    assert hist.groupby("group")["share"].sum().tolist() == pytest.approx([100.0, 100.0])
     assert exposure_frame({}).empty and exposure_trend_frame({}).empty and bounds_frame({}).empty
     assert mia_frame({}).empty
 
@@ -189,11 +189,13 @@ def test_bounds_frame_shows_power_and_says_when_the_audit_cannot_reach_the_claim
         {"id": 2, "method": "one-run", "client_index": None, "epsilon_lb": 0.3, "accountant_epsilon": 2.0,
          "flagged": False, "details": {"model": "global", "power": strong}},
         {"id": 3, "method": "one-run", "client_index": None, "epsilon_lb": 3.1, "accountant_epsilon": None,
-         "flagged": True, "details": {"model": "global", "power": strong, "control": True, "claimed_epsilon": 2.0}},
+         "flagged": False, "details": {"model": "global", "power": strong, "control": True, "claimed_epsilon": 2.0,
+                                       "control_exceeds_claim": True}},
     ]}
     bounds = bounds_frame(detail)
     assert bounds["power"].tolist() == pytest.approx([weak, strong, strong])
     assert bounds["note"].iloc[0] == f"this audit cannot detect leaks above ε = {weak:.2f} (claimed ε = 2.00)"
     assert bounds["note"].iloc[1] == "" and bounds["note"].iloc[2] == ""
-    assert bounds["control"].tolist() == [False, False, True]
+    assert bounds["control"].tolist() == [False, False, True] and bounds["flagged"].tolist() == [False, False, True]
+    assert bounds["accountant_epsilon"].iloc[2] == 2.0  # the control is compared with the DP run's claim
     assert bounds["bound"].iloc[1].startswith("one-run · global student · all clients")
