@@ -22,7 +22,9 @@ SET_HELP = "override one key, e.g. --set federation.rounds=5 (repeatable)"
 
 def fail(message: str) -> NoReturn:
     """Print a one-line error and exit 2."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+    # Messages quote config text ("[federation]", user values): printed literally, never as markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
