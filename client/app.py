@@ -7,7 +7,8 @@ Message protocol (every field is validated by :mod:`client.protocol` before use)
 ``query.audit``  ← "arrays" (final global weights), "config" (server-round, tokenizer sha256, kinds);
                  → ConfigRecord "audit": JSON strings of exposure / memorisation / MIA / ε results.
 ``train``        ← "arrays" (global weights, plaintext or CKKS payload), "config" (server-round,
-                   tokenizer sha256, HE weight scale); → "arrays", "metrics", "privacy".
+                   tokenizer sha256, HE weight scale, round-nonce); → "arrays", "metrics", "privacy",
+                   "binding" (the round-nonce echoed: a reply is only valid for the round it answers).
 ``evaluate``     ← "arrays", "config"; → "metrics" with nll-sum and tokens on the client's
                    held-out shard (the server combines them into one exact perplexity).
 """
@@ -21,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client import runtime
+from client.protocol import echo_nonce, require_config
 
 app = ClientApp()
 log = logging.getLogger("fedveil.client")
@@ -63,7 +65,8 @@ def train(msg: Message, context: Context) -> Message:
     result = runtime.train_round(node, request, context)
     result.metrics["seconds"] = time.perf_counter() - t0
     content = RecordDict({"arrays": result.arrays, "metrics": MetricRecord(result.metrics),
-                          "privacy": ConfigRecord(result.privacy)})
+                          "privacy": ConfigRecord(result.privacy),
+                          **echo_nonce(require_config(msg.content, "config"))})
     return Message(content, reply_to=msg)
 
 

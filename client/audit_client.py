@@ -30,11 +30,18 @@ from client import he_client, runtime
 from privacy.audit.measures import ALL_KINDS, AuditData, audit_client_models, client_canaries
 from privacy.dp import Ledger, default_delta
 from client.protocol import ProtocolError, require_config
-from distill.textdata import canary_plan, heldout_shard, public_corpus, tokenise, with_canaries
+from distill.textdata import canary_plan, public_corpus, tokenise, with_canaries
 from client.trainers import train_teacher
 from distill.models import build_lm, save_checkpoint
 from fedveil.config import Config
-from privacy.audit.plan import reference_candidates, training_encode
+from privacy.audit.plan import (
+    canary_share,
+    is_one_run,
+    mia_split,
+    node_plan,
+    reference_candidates,
+    training_encode,
+)
 
 __all__ = [
     "FINETUNE_MAX_STEPS",
@@ -42,7 +49,9 @@ __all__ = [
     "client_checkpoint_dir",
     "dp_steps_taken",
     "finetune_baseline",
+    "audit_delta",
     "handle_audit",
+    "measure_node",
     "parse_kinds",
     "public_reference_model",
 ]
@@ -137,37 +146,61 @@ def _save(cfg: Config, partition_id: int, models: dict[str, torch.nn.Module]) ->
     return saved
 
 
+def audit_delta(cfg: Config, ledger_state: dict[str, Any] | None, n_train: int) -> float:
+    """δ of the node's guarantee: its ledger's when it has one, else the configured or default δ
+    for its training-set size (canary copies included), the rule training used."""
+    if ledger_state and ledger_state.get("delta"):
+        return float(ledger_state["delta"])
+    return cfg.privacy.delta or default_delta(n_train)
+
+
+def measure_node(cfg: Config, tokenizer: Any, pid: int, models: dict[str, torch.nn.Module], own: list[str],
+                 *, steps: int, delta: float, kinds: tuple[str, ...], device: torch.device,
+                 progress: bool = False) -> dict[str, Any]:
+    """The one audit pipeline of a node (docs/METHODS.md §8), for ``query.audit`` and ``fedveil audit``.
+
+    Trains the comparison models the kinds need (fine-tuned baseline, public reference model) and
+    measures every model in ``models`` against the node's members, non-members and canaries.
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.run.seed * 7 + pid)
+    encode = training_encode(tokenizer)
+    shared = canary_plan(cfg, tokenizer)
+    members, nonmembers = mia_split(cfg, pid, own)
+    plan = node_plan(cfg, pid, len(own), shared)
+    data = AuditData(encode=encode, members=members, nonmembers=nonmembers, max_length=cfg.data.max_length,
+                     canaries=client_canaries(plan, pid), references=reference_candidates(cfg, encode, shared),
+                     delta=delta, release_scores=cfg.audit.release_scores)
+    reference = public_reference_model(cfg, tokenizer, steps, device) if {"mia", "epsilon"} & set(kinds) else None
+    if kinds:
+        models = {**models, "finetuned": finetune_baseline(cfg, tokenizer, with_canaries(cfg, pid, own, tokenizer),
+                                                           steps, pid, device)}
+    t1 = time.perf_counter()
+    result = audit_client_models(models, data, kinds, reference_model=reference, progress=progress)
+    result["meta"] = {"partition_id": pid, "models": sorted(models), "kinds": list(kinds), "dp_steps": steps,
+                      "finetune_steps": max(1, min(steps, FINETUNE_MAX_STEPS)), "n_members": len(members),
+                      "n_nonmembers": len(nonmembers), "delta": delta, "mia_split": "secret random split",
+                      "canary_share": canary_share(plan, pid, len(members)),
+                      "withdrawn_exposure_canaries": sorted(c.canary_id for c in plan if c.client_index == pid
+                                                            and not c.inserted and not is_one_run(c)),
+                      "release_scores": cfg.audit.release_scores,
+                      "reference_model": "student preset trained on the public corpus", "device": str(device),
+                      "train_seconds": t1 - t0, "audit_seconds": time.perf_counter() - t1}
+    return result
+
+
 def audit_node(node: runtime.NodeState, context: Context, request: runtime.Request,
                kinds: tuple[str, ...]) -> dict[str, Any]:
-    """All audits of one node: gather models, train the comparison models, measure (numbers only)."""
+    """All audits of one node: gather its models, save them, run :func:`measure_node` (numbers only)."""
     cfg, tokenizer, pid = node.cfg, request.tokenizer, node.partition_id
-    t0 = time.perf_counter()
-    seed = cfg.run.seed * 7 + pid
-    torch.manual_seed(seed)
     models = _models(node, context, request)
     saved = _save(cfg, pid, models)
-    encode = training_encode(tokenizer)
-    plan = canary_plan(cfg, tokenizer)
     own = node.texts()
     ledger = dict(context.state.config_records["ledger"]) if "ledger" in context.state.config_records else None
-    steps = dp_steps_taken(cfg, ledger)  # type: ignore[arg-type]
-    n_train = len(own) + sum(c.repetitions for c in plan if c.inserted and c.client_index == pid)
-    data = AuditData(encode=encode, members=own, nonmembers=heldout_shard(cfg, pid), max_length=cfg.data.max_length,
-                     canaries=client_canaries(plan, pid), references=reference_candidates(cfg, encode, plan),
-                     delta=cfg.privacy.delta or default_delta(n_train))
-    reference = None
-    if {"mia", "epsilon"} & set(kinds):
-        reference = public_reference_model(cfg, tokenizer, steps, node.device)
-    if {"memorisation", "exposure", "mia", "epsilon"} & set(kinds):
-        models["finetuned"] = finetune_baseline(cfg, tokenizer, with_canaries(cfg, pid, own, tokenizer), steps, pid,
-                                                node.device)
-    t1 = time.perf_counter()
-    result = audit_client_models(models, data, kinds, reference_model=reference)
-    result["meta"] = {"partition_id": pid, "models": sorted(models), "kinds": list(kinds), "dp_steps": steps,
-                      "finetune_steps": max(1, min(steps, FINETUNE_MAX_STEPS)), "n_members": len(own),
-                      "n_nonmembers": len(data.nonmembers), "delta": data.delta, "saved_checkpoints": saved,
-                      "reference_model": "student preset trained on the public corpus", "device": str(node.device),
-                      "train_seconds": t1 - t0, "audit_seconds": time.perf_counter() - t1}
+    n_train = len(with_canaries(cfg, pid, own, tokenizer))
+    result = measure_node(cfg, tokenizer, pid, models, own, steps=dp_steps_taken(cfg, ledger),  # type: ignore[arg-type]
+                          delta=audit_delta(cfg, ledger, n_train), kinds=kinds, device=node.device)  # type: ignore[arg-type]
+    result["meta"]["saved_checkpoints"] = saved
     return result
 
 

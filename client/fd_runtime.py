@@ -33,7 +33,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 
 from privacy.dp import Ledger, PrivacyBudgetExhausted
 from client.fd_train import DigitsNode, dp_plan, fit_filter, load_node, train_classifier
-from client.protocol import ProtocolError, require_config, require_int
+from client.protocol import ProtocolError, echo_nonce, require_config, require_int
 from distill.classifier import MLPClassifier, accuracy, make_classifier, predict_logits
 from distill.fd import SwingLike, SwingParams, aggregate_soft_labels, client_soft_labels
 from distill.kmeans_filter import KMeansDensityFilter
@@ -264,8 +264,8 @@ def handle_train(msg: Message, context: Context) -> Message:
     metrics["seconds"] = time.perf_counter() - t0
     privacy = ConfigRecord({"dp": plan is not None, "accountant": cfg.privacy.accountant,
                             "grad-sample-mode": result.mode})
-    return Message(RecordDict({"arrays": upload, "metrics": MetricRecord(metrics), "privacy": privacy}),
-                   reply_to=msg)
+    return Message(RecordDict({"arrays": upload, "metrics": MetricRecord(metrics), "privacy": privacy,
+                               **echo_nonce(conf)}), reply_to=msg)
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:

@@ -34,3 +34,13 @@ def require_str(conf: ConfigRecord, key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ProtocolError(f"config field {key!r} must be a non-empty string")
     return value
+
+
+def echo_nonce(conf: ConfigRecord) -> dict[str, ConfigRecord]:
+    """The reply record binding a train reply to its round: the server's ``round-nonce``, echoed back."""
+    nonce = conf.get("round-nonce")
+    if nonce is None:
+        return {}
+    if not isinstance(nonce, str):
+        raise ProtocolError("config field 'round-nonce' must be a string")
+    return {"binding": ConfigRecord({"round-nonce": nonce})}

@@ -24,8 +24,12 @@ import numpy as np
 import pandas as pd
 
 from dashboard.frames import number
+from privacy.audit.epsilon import power_note
 
 MODEL_ORDER = ["teacher", "student", "global", "finetuned", "reference"]
+# Models a run releases (each client's student, the global student): every headline number of a
+# run is over these; the teacher and the fine-tuned baseline are reference rows, labelled as such.
+RELEASED_MODELS = ("student", "global")
 MODEL_LABELS = {
     "teacher": "teacher",
     "student": "distilled student",
@@ -36,8 +40,10 @@ MODEL_LABELS = {
 
 
 def model_name(audit: Mapping[str, Any]) -> str:
-    """Display name of an audited model (without its client)."""
-    return MODEL_LABELS.get(str(audit.get("model")), str(audit.get("model")))
+    """Display name of an audited model (without its client); unreleased models say they are a reference."""
+    model = str(audit.get("model"))
+    name = MODEL_LABELS.get(model, model)
+    return name if model in RELEASED_MODELS else f"{name} (reference)"
 
 
 def client_name(audit: Mapping[str, Any]) -> str:
@@ -142,9 +148,10 @@ def _first(s: Mapping[str, Any], *keys: str) -> Any:
 def memorisation_frame(detail: Mapping[str, Any]) -> pd.DataFrame:
     """Extraction rates per audited model and client.
 
-    Columns ``model, client, kind, rate_pct, memorised, n_audited, approx_pct, inherited``.
+    Columns ``model, client, kind, rate_pct, memorised, n_audited, approx_pct, inherited, note`` (``note``
+    says why a row measured nothing, e.g. records shorter than prefix + suffix).
     """
-    columns = ["model", "client", "kind", "rate_pct", "memorised", "n_audited", "approx_pct", "inherited"]
+    columns = ["model", "client", "kind", "rate_pct", "memorised", "n_audited", "approx_pct", "inherited", "note"]
     rows = []
     for audit in final_audits(audits_of(detail, "memorisation")):
         s = audit.get("summary") or {}
@@ -166,6 +173,8 @@ def memorisation_frame(detail: Mapping[str, Any]) -> pd.DataFrame:
             "n_audited": n_audited,
             "approx_pct": None if approx is None else 100.0 * approx,
             "inherited": _first(s, "inherited_from_teacher", "inherited"),
+            # A row that measured nothing stays, saying why, instead of vanishing.
+            "note": s.get("not_measurable") or ("not measurable (no record audited)" if not n_audited else ""),
         })
     frame = pd.DataFrame(rows, columns=columns)
     order = {k: i for i, k in enumerate(MODEL_ORDER)}
@@ -281,20 +290,44 @@ def score_histogram_frame(detail: Mapping[str, Any], bins: int = 30) -> pd.DataF
 # ---- empirical epsilon ------------------------------------------------------------------------------------------
 
 def bounds_frame(detail: Mapping[str, Any]) -> pd.DataFrame:
-    """Empirical ε lower bounds next to the accountant's ε: ``bound, method, client, epsilon_lb, ...``."""
-    columns = ["bound", "method", "client", "epsilon_lb", "accountant_epsilon", "flagged"]
+    """Empirical ε lower bounds next to the accountant's ε and the audit's power: ``bound, method, client,
+    epsilon_lb, accountant_epsilon, power, flagged, control, note``.
+
+    ``power`` is the largest ε_LB the same audit could certify with a perfect attack; ``note`` says
+    "this audit cannot detect leaks above ε = X" whenever that is below the claim.
+    """
+    columns = ["bound", "method", "client", "epsilon_lb", "accountant_epsilon", "power", "flagged", "control",
+               "note"]
     rows = []
     for b in detail.get("epsilon_bounds", []):
         client = b.get("client_index")
         where = "all clients" if client is None else f"client {client}"
-        model = (b.get("details") or {}).get("model")
+        details = b.get("details") or {}
+        model = details.get("model")
+        power = number(details.get("power"))
+        claim = number(b.get("accountant_epsilon"))
+        control = bool(details.get("control", False))
         label = " · ".join(str(x) for x in (b.get("method"), MODEL_LABELS.get(str(model), model), where) if x)
         rows.append({
             "bound": f"{label} · #{b.get('id')}",
             "method": b.get("method"),
             "client": client,
             "epsilon_lb": number(b.get("epsilon_lb")),
-            "accountant_epsilon": number(b.get("accountant_epsilon")),
-            "flagged": bool(b.get("flagged", False)),
+            "accountant_epsilon": number(details.get("claimed_epsilon")) if control else claim,
+            "power": power,
+            "flagged": bool(details.get("control_exceeds_claim")) if control else bool(b.get("flagged", False)),
+            "control": control,
+            "note": power_note(power, number(details.get("claimed_epsilon")) if control else claim) or "",
         })
     return pd.DataFrame(rows, columns=columns)
+
+
+
+def canary_share_text(detail: Mapping[str, Any]) -> str:
+    """``"client 0: 27.1%, client 1: 20.3%"``: the canary share of each client's training set (global audits)."""
+    shares = {}
+    for audit in audits_of(detail, "epsilon"):
+        share = number((audit.get("params") or {}).get("canary_share"))
+        if share is not None and audit.get("client_index") is not None:
+            shares[int(audit["client_index"])] = share
+    return ", ".join(f"client {c}: {100.0 * v:.1f}%" for c, v in sorted(shares.items()))

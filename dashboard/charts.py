@@ -189,15 +189,18 @@ def histogram_chart(hist: pd.DataFrame, title: str) -> AnyChart:
 
 def bounds_chart(bounds: pd.DataFrame) -> AnyChart:
     """Empirical ε lower bound next to the accountant's ε for each audit."""
-    long = bounds.melt(id_vars=["bound", "flagged"], value_vars=["epsilon_lb", "accountant_epsilon"],
+    values = [c for c in ("epsilon_lb", "accountant_epsilon", "power") if c in bounds.columns]
+    long = bounds.melt(id_vars=["bound", "flagged"], value_vars=values,
                        var_name="which", value_name="epsilon").dropna(subset=["epsilon"])
-    long["which"] = long["which"].map({"epsilon_lb": "empirical ε lower bound", "accountant_epsilon": "accountant ε"})
+    long["which"] = long["which"].map({"epsilon_lb": "empirical ε lower bound", "accountant_epsilon": "accountant ε",
+                                       "power": "audit power (perfect attack)"})
     return alt.Chart(long).mark_bar().encode(
         y=alt.Y("bound:N", title=None, axis=alt.Axis(labelLimit=260)),
         yOffset=alt.YOffset("which:N"),
         x=alt.X("epsilon:Q", title="ε (privacy loss)"),
         color=alt.Color("which:N", title=None, scale=alt.Scale(
-            domain=["accountant ε", "empirical ε lower bound"], range=["#4c78a8", "#f58518"])),
+            domain=["accountant ε", "empirical ε lower bound", "audit power (perfect attack)"],
+            range=["#4c78a8", "#f58518", "#bab0ac"])),
         tooltip=[alt.Tooltip("bound:N", title="Audit"), alt.Tooltip("which:N", title="Value"),
                  alt.Tooltip("epsilon:Q", title="ε", format=".3f"), alt.Tooltip("flagged:N", title="Flagged")],
     ).properties(height=max(140, 56 * bounds.shape[0]))

@@ -19,6 +19,8 @@ raised before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,10 @@ class FederationConfig:
     round_timeout: float = _opt(900.0, "seconds to wait for replies in a round", lo=1.0)
     cpus_per_client: float = _opt(1.0, "CPU cores reserved per simulated client", lo=0.1)
     max_payload_mb: float = _opt(256.0, "largest accepted client payload (MiB)", lo=0.001)
+    aggregator: str = _opt("mean", "plaintext aggregation rule (median / trimmed-mean bound one bad client; "
+                           "HE runs use mean)", choices=("mean", "median", "trimmed-mean"))
+    trim_fraction: float = _opt(0.2, "share of replies trimmed at each end by trimmed-mean (at least one)",
+                                lo=0.0, hi=0.49)
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,8 @@ class PrivacyConfig:
     delta: float = _opt(0.0, "delta; 0 picks 1/N rounded down to a power of ten, at most 1e-5", lo=0.0, hi=1e-2)
     max_grad_norm: float = _opt(1.0, "per-example clipping norm C", lo=1e-6)
     accountant: str = _opt("prv", "privacy accountant", choices=("prv", "rdp"))
-    grad_sample_mode: str = _opt("ghost", "Opacus per-sample gradient mode", choices=("ghost", "hooks"))
+    grad_sample_mode: str = _opt("ghost", "per-example clipping: bk (book-keeping, one backward pass), ghost or "
+                                 "hooks (Opacus)", choices=("bk", "ghost", "hooks"))
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,18 @@ class AuditConfig:
     canary_clients: int = _opt(1, "how many clients receive canaries", lo=0)
     n_references: int = _opt(2000, "reference candidates per canary format", lo=16)
     every_round: bool = _opt(False, "also audit the global student's canary exposure after every round (HE off)")
+    power_factor: float = _opt(2.0, "one-run canaries are planned so that the audit's power is at least this "
+                               "times privacy.target_epsilon", lo=0.0)
+    one_run_canaries: int = _opt(0, "one-run canaries pooled over all clients; 0 = as many as power_factor needs",
+                                 lo=0)
+    max_canary_share: float = _opt(0.3, "cap on the expected share of canary copies in a client's training set",
+                                   lo=0.0, hi=0.9)
+    mia_holdout: float = _opt(0.2, "share of each client's records held out by a secret coin as MIA non-members",
+                              lo=0.0, hi=0.9)
+    control_of: str = _opt("", "run id of the DP run this run is the non-DP control of (set by `fedveil audit "
+                                "--control`); its pooled eps_LB is stored in that run too")
+    release_scores: bool = _opt(False, "audit replies also carry per-record statistics (ROC points, score "
+                                "histograms, thresholds); listed in the privacy statement when on")
 
 
 @dataclass(frozen=True)
@@ -322,6 +341,14 @@ def _check_cross(cfg: Config) -> None:
                           f"expected at most federation.clients = {cfg.federation.clients}")
     if cfg.data.task == "text-file" and not cfg.data.path:
         raise ConfigError("data.path = '' is not allowed when data.task = 'text-file'; expected a file path")
+    if cfg.federation.aggregator != "mean" and cfg.he.enabled:
+        raise ConfigError(f"federation.aggregator = {cfg.federation.aggregator!r} is not allowed with he.enabled = "
+                          "true (the server cannot sort ciphertexts); expected 'mean' or he.enabled = false")
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", cfg.run.run_id):
+        raise ConfigError(f"run.run_id = {cfg.run.run_id!r} is not allowed; expected letters, digits, '_' or '-'")
+    if cfg.privacy.enabled and not math.isfinite(cfg.privacy.target_epsilon):
+        raise ConfigError(f"privacy.target_epsilon = {cfg.privacy.target_epsilon} is not allowed with "
+                          "privacy.enabled = true; expected a finite budget")
     if cfg.distill.tau_max < cfg.distill.tau0:
         raise ConfigError(f"distill.tau_max = {cfg.distill.tau_max} is not allowed; expected >= distill.tau0")
 
@@ -368,6 +395,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}); expected a UTF-8 TOML file") \
+                from None
         try:
             loaded = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

@@ -9,6 +9,7 @@ run: any error, a client's included, becomes an event in the store and the run c
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,16 +27,27 @@ from distill.tokenizer import tokenizer_to_json
 from fedveil.config import Config
 from fedveil.store import CanaryRow, EventRow, ExposureRow, Store
 from privacy.audit.canaries import Canary
-from privacy.audit.plan import is_one_run, plan_formats, reference_candidates, run_canary_plan, training_encode
+from privacy.audit.plan import (
+    is_one_run,
+    plan_formats,
+    public_plan,
+    reference_candidates,
+    run_canary_plan,
+    training_encode,
+)
 
 __all__ = [
     "canary_rows",
     "exposure_summary",
     "parse_audit_reply",
     "round_audit_fn",
+    "control_target",
+    "pooled_one_run",
+    "revealed_canaries",
     "run_audits",
     "store_canaries",
     "store_client_audit",
+    "store_pooled",
 ]
 
 log = logging.getLogger("fedveil.server")
@@ -51,12 +63,92 @@ def canary_rows(plan: Sequence[Canary]) -> list[CanaryRow]:
                       one_run=is_one_run(c)) for c in plan]
 
 
-def store_canaries(store: Store, run_id: str, plan: Sequence[Canary]) -> int:
-    """Store the plan unless the run already has canaries; returns the number of rows written."""
-    if not plan or store.get_run(run_id)["canaries"]:
-        return 0
-    store.add_canaries(run_id, canary_rows(plan))
-    return len(plan)
+def store_canaries(store: Store, run_id: str, plan: Sequence[Canary], *, revealed: bool = False) -> int:
+    """Store the canaries of ``plan`` the run does not have yet; returns the number of rows written.
+
+    One-run canaries are stored only when ``revealed``: their inclusion is each node's secret until its
+    audit reply shows it (:func:`revealed_canaries`), and no row may claim a coin nobody showed.
+    """
+    known = {c["canary_id"] for c in store.get_run(run_id)["canaries"]}
+    new = [c for c in plan if c.canary_id not in known and (revealed or not is_one_run(c))]
+    if new:
+        store.add_canaries(run_id, canary_rows(new))
+    return len(new)
+
+
+def revealed_canaries(plan: Sequence[Canary], client: int, one_run: Mapping[str, Any]) -> list[Canary]:
+    """The one-run canaries of ``client`` with the coins its reply revealed (``canaries: {id: [score, in]}``)."""
+    coins = {str(k): bool(v[1]) for k, v in (one_run.get("canaries") or {}).items()}
+    return [dataclasses.replace(c, inserted=coins[c.canary_id], repetitions=int(coins[c.canary_id]))
+            for c in plan if is_one_run(c) and c.client_index == client and c.canary_id in coins]
+
+
+def pooled_one_run(replies: Mapping[int, Mapping[str, Any]], model: str = "global") -> dict[str, Any] | None:
+    """The one-run audit of ``model`` over every client's canaries (docs/METHODS.md §8, pooling).
+
+    Each reply's ``epsilon.<model>.one_run.canaries`` maps canary id to ``[score, included]``; guesses
+    are the top and bottom quarter of the pooled scores (fixed before looking, so no correction), δ is
+    the largest client δ. Returns None when fewer than 4 canaries were reported.
+    """
+    from privacy.audit.epsilon import one_run_epsilon, one_run_guesses, one_run_power
+    from privacy.audit.plan import ONE_RUN_BETA
+
+    scores: list[float] = []
+    flags: list[bool] = []
+    deltas: list[float] = []
+    clients: list[int] = []
+    for client, result in sorted(replies.items()):
+        one_run = ((result.get("epsilon") or {}).get(model) or {}).get("one_run") or {}
+        for _, (score, flag) in sorted((one_run.get("canaries") or {}).items()):
+            scores.append(float(score))
+            flags.append(bool(flag))
+        if one_run.get("canaries"):
+            deltas.append(float(one_run.get("delta") or 0.0))
+            clients.append(client)
+    m = len(scores)
+    if m < 4:
+        return None
+    k = m // 4
+    r, v = one_run_guesses(scores, flags, k, k)
+    delta = max(deltas)
+    return {"m": m, "r": r, "v": v, "k_pos": k, "k_neg": k, "beta": ONE_RUN_BETA, "delta": delta,
+            "epsilon_lb": one_run_epsilon(m, r, v, delta=delta, beta=ONE_RUN_BETA),
+            "power": one_run_power(m, r, delta=delta, beta=ONE_RUN_BETA), "n_included": int(sum(flags)),
+            "clients": clients, "model": model, "pooled": True, "score": "-log_perplexity_bits"}
+
+
+def control_target(store: Store, dp_run_id: str) -> dict[str, Any]:
+    """``{"run_id", "claimed_epsilon"}`` of the DP run a control run is for: its largest client ε."""
+    eps = [float(e["epsilon"]) for e in store.latest_ledger(dp_run_id).values() if e.get("epsilon") is not None]
+    return {"run_id": dp_run_id, "claimed_epsilon": max(eps) if eps else None}
+
+
+def store_pooled(store: Store, run_id: str, cfg: Config, replies: Mapping[int, Mapping[str, Any]],
+                 ledger: Mapping[int, Mapping[str, Any]], *, control_of: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any] | None:
+    """Store the pooled one-run bound of the global model; compared with the largest client ε.
+
+    With ``control_of`` (``{"run_id", "claimed_epsilon"}`` of a DP run) the bound is that run's non-DP
+    control: stored in the DP run, flagged when it exceeds the DP run's claim (it must: the audit bites).
+    """
+    pooled = pooled_one_run(replies)
+    if pooled is None:
+        return None
+    claims = [c for c in (_claim(cfg, ledger, client) for client in pooled["clients"]) if c is not None]
+    claim = max(claims) if claims else None
+    if control_of is None:
+        store.add_epsilon_bound(run_id, method="one-run", epsilon_lb=pooled["epsilon_lb"], accountant_epsilon=claim,
+                                details=pooled)
+        return pooled
+    claimed = control_of.get("claimed_epsilon")
+    bites = claimed is not None and pooled["epsilon_lb"] > float(claimed)
+    # The store's flag column means "this run's claim is contradicted", which a control's bound never
+    # says about the DP run: the control's verdict lives in its details and the dashboard reads it there.
+    details = {**pooled, "control": True, "control_run": run_id, "claimed_epsilon": claimed,
+               "control_exceeds_claim": bites}
+    store.add_epsilon_bound(str(control_of["run_id"]), method="one-run", epsilon_lb=pooled["epsilon_lb"],
+                            accountant_epsilon=None, details=details, flagged=False)
+    return {**pooled, "control_exceeds_claim": bites}
 
 
 def parse_audit_reply(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,11 +213,13 @@ def store_client_audit(store: Store, run_id: str, cfg: Config, client: int, resu
         add("memorisation", model, {**MEMO_PARAMS, "finetune_steps": meta.get("finetune_steps")}, memo)
     for model, mia in result.get("mia", {}).items():
         add("mia", model, {"k": 0.2, "reference_model": meta.get("reference_model"), "n_members": mia.get("n_members"),
-                           "n_nonmembers": mia.get("n_nonmembers"), "nonmembers": "the client's held-out shard"},
+                           "n_nonmembers": mia.get("n_nonmembers"),
+                           "nonmembers": "held out of training by the node's secret coin (one random split)"},
             mia["attacks"])
     for model, eps in result.get("epsilon", {}).items():
         claim = _claim(cfg, ledger, client) if model in DP_MODELS else None
-        add("epsilon", model, {"accountant_epsilon": claim}, eps)
+        add("epsilon", model, {"accountant_epsilon": claim, "canary_share": meta.get("canary_share"),
+                               "mia_split": meta.get("mia_split")}, eps)
         if model not in DP_MODELS:
             continue
         for method, key in (("clopper-pearson", "clopper_pearson"), ("one-run", "one_run")):
@@ -165,7 +259,8 @@ def run_audits(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path
     if not cfg.audit.enabled or not cfg.audit.kinds:
         return
     try:
-        plan = run_canary_plan(cfg, training_encode(tokenizer))
+        counts = {int(c["client_index"]): int(c["num_examples"]) for c in store.get_run(run_id)["clients"]}
+        plan = public_plan(cfg, run_canary_plan(cfg, training_encode(tokenizer)), counts)
         store_canaries(store, run_id, plan)
         if final_arrays is None:
             _event(store, run_id, "no final global model to audit")
@@ -174,6 +269,7 @@ def run_audits(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path
         replies = list(grid.send_and_receive(_audit_messages(cfg, tokenizer, final_arrays, nodes),
                                              timeout=cfg.federation.round_timeout))
         ledger = store.latest_ledger(run_id)
+        results: dict[int, dict[str, Any]] = {}
         seen = set()
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -189,11 +285,17 @@ def run_audits(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path
             try:
                 result = parse_audit_reply(reply.content.config_records["audit"])
                 store_client_audit(store, run_id, cfg, client, result, ledger)
+                results[client] = result
+                one_run = ((result.get("epsilon") or {}).get("global") or {}).get("one_run") or {}
+                store_canaries(store, run_id, revealed_canaries(plan, client, one_run), revealed=True)
                 log.info("audit: stored client %d (%s)", client, ", ".join(sorted(k for k in result if k != "meta")))
             except Exception as exc:  # noqa: BLE001 - one bad reply must not lose the others
                 _event(store, run_id, f"could not store the results: {type(exc).__name__}: {exc}", client, node)
         for node in sorted(set(nodes) - seen):
             _event(store, run_id, "no audit reply before the timeout", node_to_client.get(node), node)
+        store_pooled(store, run_id, cfg, results, ledger)
+        if cfg.audit.control_of:
+            store_pooled(store, run_id, cfg, results, ledger, control_of=control_target(store, cfg.audit.control_of))
     except Exception as exc:  # audits never fail a run
         log.exception("audit failed")
         _event(store, run_id, f"{type(exc).__name__}: {exc}")

@@ -25,9 +25,10 @@ from distill.tokenizer import save_tokenizer, tokenizer_to_json, train_tokenizer
 from fedveil.config import Config, from_run_config, to_dict
 from fedveil.store import Store, default_db_url
 from server.audits import round_audit_fn, run_audits
-from server.nodes import greet, restore_ledgers, wait_for_nodes
+from server.nodes import greet, register, restore_ledgers, wait_for_nodes
 from server.statement import privacy_statement
 from server.strategies.fedavg import PrivateFedAvg, load_arrays
+from server.validation import ReplyPolicy
 
 log = logging.getLogger("fedveil.server")
 
@@ -87,10 +88,8 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     nodes = wait_for_nodes(grid, fed.min_clients, fed.round_timeout)
     tok_json = tokenizer_to_json(tokenizer)
     hello = greet(grid, nodes, fed.round_timeout, {"tokenizer": tok_json})
-    node_to_client = {node: int(h["partition-id"]) for node, h in hello.items()}
-    for node, h in hello.items():
-        store.register_client(run_id, int(h["partition-id"]), node_id=str(node), num_examples=int(h["num-examples"]))
-    total_examples = sum(int(h["num-examples"]) for h in hello.values())
+    node_to_client, num_examples = register(store, run_id, hello)
+    total_examples = sum(num_examples.values())
     if done:
         restore_ledgers(grid, store, run_id, node_to_client, fed.round_timeout)
 
@@ -98,7 +97,10 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
                               "he-scale": float(max(total_examples, 1))}
     kwargs = dict(store=store, run_id=run_id, node_to_client=node_to_client, min_clients=fed.min_clients,
                   max_payload_bytes=int(fed.max_payload_mb * 2**20), max_grad_norm=cfg.privacy.max_grad_norm,
-                  fraction_train=fed.fraction_train, round_offset=done, checkpoint=checkpoint)
+                  fraction_train=fed.fraction_train, round_offset=done, checkpoint=checkpoint,
+                  num_examples=num_examples, policy=ReplyPolicy.of(cfg, local_steps=cfg.train.local_steps),
+                  aggregator=fed.aggregator, trim_fraction=fed.trim_fraction,
+                  ledger={c: (int(r["steps"]), float(r["epsilon"])) for c, r in store.latest_ledger(run_id).items()})
     strategy: PrivateFedAvg
     if cfg.he.enabled:
         from server.strategies.he_fedavg import HEFedAvg

@@ -20,8 +20,9 @@ from distill.classifier import make_classifier
 from distill.digits import digits_clients
 from fedveil.config import Config
 from fedveil.store import Store
-from server.nodes import greet, wait_for_nodes
+from server.nodes import greet, register, wait_for_nodes
 from server.strategies.fd import SoftLabelFD
+from server.validation import ReplyPolicy
 
 log = logging.getLogger("fedveil.server")
 
@@ -112,10 +113,7 @@ def run_digits(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path
 
     nodes = wait_for_nodes(grid, fed.min_clients, fed.round_timeout)
     hello = greet(grid, nodes, fed.round_timeout, {"task": "digits"})
-    node_to_client = {node: int(h["partition-id"]) for node, h in hello.items()}
-    for node, h in hello.items():
-        store.register_client(run_id, int(h["partition-id"]), node_id=str(node), num_examples=int(h["num-examples"]),
-                              teacher_provenance="none")
+    node_to_client, num_examples = register(store, run_id, hello, teacher_provenance="none")
     log.info("digits %s: %d clients, partition %s, proxy %d, HE %s", fd.mode, len(hello), cfg.data.partition,
              len(task.X_proxy), "on" if he_context is not None else "off")
 
@@ -126,7 +124,8 @@ def run_digits(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path
                            he_context=he_context, he_profile=cfg.he.profile, store=store, run_id=run_id,
                            node_to_client=node_to_client, min_clients=fed.min_clients,
                            max_payload_bytes=int(fed.max_payload_mb * 2**20), max_grad_norm=cfg.privacy.max_grad_norm,
-                           fraction_train=fed.fraction_train)
+                           fraction_train=fed.fraction_train, num_examples=num_examples,
+                           policy=ReplyPolicy.of(cfg))
     # K, the public client count: under HE each upload is weighted 1/K so all sums stay within [0, 1].
     common = ConfigRecord({"he-clients": float(max(fed.clients, len(hello), 1))})
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds, timeout=fed.round_timeout,

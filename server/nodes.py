@@ -44,6 +44,35 @@ def greet(grid: Grid, nodes: list[int], timeout: float, payload: dict[str, Any])
     return info
 
 
+def register(store: Store, run_id: str, hello: dict[int, dict[str, Any]],
+             **extra: Any) -> tuple[dict[int, int], dict[int, int]]:
+    """Fix each node's client index and weight from its hello reply, once, and record them.
+
+    A second node claiming an already-registered partition id, or a record count that is not a
+    positive integer, is left out with a logged reason (it would otherwise break the store's
+    UNIQUE constraint or the weights); the run goes on with the others.
+
+    Returns
+    -------
+    node_to_client, num_examples : node id → client index, node id → declared record count.
+    """
+    node_to_client: dict[int, int] = {}
+    num_examples: dict[int, int] = {}
+    for node in sorted(hello):
+        h = hello[node]
+        pid, n = h.get("partition-id"), h.get("num-examples")
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid < 0:
+            log.warning("node %s left out: hello partition-id %r is not a non-negative integer", node, pid)
+        elif isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            log.warning("node %s left out: hello num-examples %r is not a positive integer", node, n)
+        elif pid in node_to_client.values():
+            log.warning("node %s left out: partition-id %d is already registered by another node", node, pid)
+        else:
+            node_to_client[node], num_examples[node] = pid, n
+            store.register_client(run_id, pid, node_id=str(node), num_examples=n, **extra)
+    return node_to_client, num_examples
+
+
 def restore_ledgers(grid: Grid, store: Store, run_id: str, node_to_client: dict[int, int], timeout: float) -> None:
     """On resume, hand each node its accountant history from the store so ε continues, never resets."""
     ledger = store.latest_ledger(run_id)

@@ -10,6 +10,7 @@ import streamlit as st
 from dashboard import charts, data, ui
 from dashboard.audit_frames import (
     bounds_frame,
+    canary_share_text,
     distillation_reduction,
     exposure_frame,
     exposure_trend_frame,
@@ -97,6 +98,7 @@ def memorisation_section(detail: Mapping[str, Any]) -> None:
             "memorised": st.column_config.NumberColumn("Memorised", format="%d"),
             "n_audited": st.column_config.NumberColumn("Audited", format="%d"),
             "approx_pct": ui.num("Edit dist. ≤ 0.1 (%, ours)", 2),
+            "note": st.column_config.TextColumn("Note"),
         })
 
 
@@ -107,8 +109,9 @@ def mia_section(detail: Mapping[str, Any]) -> None:
     if mia.empty:
         st.caption("No membership-inference audit recorded for this run.")
         return
-    st.caption("Members are the client's training records, non-members its held-out records; higher score = "
-               "guessed member. AUC 0.5 is chance; what matters for privacy is the TPR at a low FPR.")
+    st.caption("Members and non-members are one secret random split of each client's records (the node's coin "
+               "holds `audit.mia_holdout` out of training); higher score = guessed member. AUC 0.5 is chance; what "
+               "matters for privacy is the TPR at a low FPR, empty where a client has too few non-members.")
     ui.table(mia, {
         "model": st.column_config.TextColumn("Model"),
         "client": st.column_config.TextColumn("Client"),
@@ -151,7 +154,18 @@ def epsilon_section(detail: Mapping[str, Any]) -> None:
     if bounds.empty:
         st.caption("No empirical ε lower bound recorded for this run.")
         return
-    flagged = bounds[bounds["flagged"]]
+    flagged = bounds[bounds["flagged"] & ~bounds["control"]]
+    weak = bounds[(bounds["note"] != "") & ~bounds["control"]]
+    control = bounds[bounds["control"]]
+    if not control.empty:
+        bit = control[control["flagged"]]
+        if bit.empty:
+            st.warning("The non-DP control did **not** exceed the claimed ε: this audit failed to show it can "
+                       "catch a non-private model.", icon=":material/warning:")
+        else:
+            st.info(f"Control (same configuration, DP off, same canary plan): ε_LB = "
+                    f"{fmt(bit['epsilon_lb'].max(), 3)} > claimed ε, flagged as it must be: the audit bites.",
+                    icon=":material/science:")
     if not flagged.empty:
         worst = flagged.iloc[int(flagged["epsilon_lb"].fillna(0).to_numpy().argmax())]
         st.error(f"**ε_LB exceeds the claimed ε** ({fmt(worst['epsilon_lb'], 3)} > "
@@ -159,9 +173,14 @@ def epsilon_section(detail: Mapping[str, Any]) -> None:
                  "`eps_lb_exceeds_claim`.", icon=":material/gpp_bad:")
     elif bounds["accountant_epsilon"].isna().all():
         st.info("This run claims no DP guarantee, so ε_LB is reported on its own and nothing can be flagged.")
+    elif not weak.empty:
+        # A green banner would be a pass from an audit that could not fail.
+        best = weak.iloc[int(weak["power"].fillna(0).to_numpy().argmax())]
+        st.warning(f"**{best['note']}** (claimed ε = {fmt(best['accountant_epsilon'], 3)}, {best['method']}): "
+                   "ε_LB ≤ ε here is no evidence either way.", icon=":material/help:")
     else:
-        st.success("Every ε_LB is at or below the accountant's ε: no evidence against the claim.",
-                   icon=":material/verified_user:")
+        st.success("Every ε_LB is at or below the accountant's ε, and the audit had the power to exceed it: "
+                   "no evidence against the claim.", icon=":material/verified_user:")
     left, right = st.columns([3, 2])
     with left:
         st.altair_chart(charts.bounds_chart(bounds), width="stretch")
@@ -171,8 +190,16 @@ def epsilon_section(detail: Mapping[str, Any]) -> None:
             "client": st.column_config.NumberColumn("Client", format="%d"),
             "epsilon_lb": ui.num("ε_LB", 3),
             "accountant_epsilon": ui.num("Accountant ε", 3),
+            "power": ui.num("Power (perfect attack)", 3,
+                            help="largest ε_LB this audit (same m, r, α, δ) could certify"),
             "flagged": st.column_config.CheckboxColumn("ε_LB > ε"),
+            "control": st.column_config.CheckboxColumn("Non-DP control"),
+            "note": st.column_config.TextColumn("Note"),
         })
+    shares = canary_share_text(detail)
+    if shares:
+        st.caption(f"Canary copies in each client's training set (capped by `audit.max_canary_share`): {shares}. "
+                   "The canaries are inline: the released model is the audited one.")
     with st.expander("What the flag means", expanded=not flagged.empty):
         st.markdown(FLAG_EXPLAINED)
 

@@ -54,16 +54,15 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
     """
     from rich.progress import Progress
 
-    from client.audit_client import finetune_baseline, public_reference_model
-    from privacy.audit.measures import ALL_KINDS, AuditData, audit_client_models, client_canaries
-    from privacy.dp import default_delta
-    from distill.textdata import client_texts, heldout_shard
+    from client.audit_client import audit_delta, measure_node
+    from distill.textdata import client_texts
+    from privacy.audit.measures import ALL_KINDS
     from distill.models import pick_device
     from distill.tokenizer import load_tokenizer
     from fedveil.config import from_dict
     from fedveil.store import Store
-    from privacy.audit.plan import insert_planned, reference_candidates, run_canary_plan, training_encode
-    from server.audits import store_canaries, store_client_audit
+    from privacy.audit.plan import insert_planned, public_plan, run_canary_plan, training_encode
+    from server.audits import revealed_canaries, store_canaries, store_client_audit, store_pooled
 
     chosen = tuple(kinds) if kinds else ALL_KINDS
     bad = [k for k in chosen if k not in ALL_KINDS]
@@ -80,12 +79,13 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
         tokenizer = load_tokenizer(run_dir / "tokenizer")
         encode = training_encode(tokenizer)
         # The plan of the configuration the run TRAINED with: only those canaries were inserted.
-        plan = run_canary_plan(cfg, encode)
+        counts = {int(c["client_index"]): int(c["num_examples"]) for c in run["clients"]}
+        plan = public_plan(cfg, run_canary_plan(cfg, encode), counts)
         store_canaries(store, run_id, plan)
-        references = reference_candidates(cfg, encode, plan)
         ledger = store.latest_ledger(run_id)
         device = pick_device(cfg.model.device)
         clients = sorted(c["client_index"] for c in run["clients"]) or list(range(cfg.federation.clients))
+        results: dict[int, dict[str, Any]] = {}
         with Progress(disable=not progress) as bar:
             task = bar.add_task(f"auditing run {run_id}", total=len(clients))
             for pid in clients:
@@ -102,23 +102,52 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
                                       "exposure only")
                 entry = ledger.get(pid)
                 steps = int(entry["steps"]) if entry else cfg.federation.rounds * cfg.train.local_steps
-                train_texts = insert_planned(cfg, pid, own, plan)
-                if {"memorisation", "exposure", "mia", "epsilon"} & set(client_kinds):
-                    models["finetuned"] = finetune_baseline(cfg, tokenizer, train_texts, steps, pid, device)
-                reference = (public_reference_model(cfg, tokenizer, steps, device)
-                             if {"mia", "epsilon"} & set(client_kinds) else None)
-                data = AuditData(encode=encode, members=own, nonmembers=heldout_shard(cfg, pid),
-                                 max_length=cfg.data.max_length, canaries=client_canaries(plan, pid),
-                                 references=references,
-                                 delta=float(entry["delta"]) if entry else cfg.privacy.delta or default_delta(
-                                     len(train_texts)))
-                result = audit_client_models(models, data, client_kinds, reference_model=reference,
-                                             progress=progress)
-                result["meta"] = {"partition_id": pid, "models": sorted(models), "kinds": list(client_kinds),
-                                  "dp_steps": steps, "on_demand": True,
-                                  "reference_model": "student preset trained on the public corpus"}
+                n_train = len(insert_planned(cfg, pid, own, plan))
+                delta = audit_delta(cfg, dict(entry) if entry else None, n_train)
+                result = measure_node(cfg, tokenizer, pid, models, own, steps=steps, delta=delta,
+                                      kinds=client_kinds, device=device, progress=progress)
+                result["meta"]["on_demand"] = True
                 store_client_audit(store, run_id, cfg, pid, result, ledger)
+                results[pid] = result
+                one_run = ((result.get("epsilon") or {}).get("global") or {}).get("one_run") or {}
+                store_canaries(store, run_id, revealed_canaries(plan, pid, one_run), revealed=True)
                 bar.advance(task)
+        store_pooled(store, run_id, cfg, results, ledger)
+
+
+def control_run(run_id: str, db_url: str, *, quiet: bool = True) -> str:
+    """Train the non-DP control of a DP run: its configuration with ``privacy.enabled = false`` and the
+    same canary design, as a new run marked ``audit.control_of = run_id`` (docs/METHODS.md §8).
+
+    The control's pooled one-run ε_LB is stored in the DP run as a ``control`` bound, compared with
+    the DP run's largest ε: an audit whose control does not exceed the claim cannot catch a leak.
+    Returns the control run's id.
+    """
+    import dataclasses
+
+    from fedveil.commands.launch import absolutise, run_simulation
+    from fedveil.config import from_dict
+    from fedveil.store import Store
+
+    with Store(db_url) as store:
+        stored = store.get_run(run_id)["run"]
+    cfg = from_dict(stored["config"])
+    if not cfg.privacy.enabled:
+        raise ValueError(f"run {run_id} has DP off; its control would be itself")
+    if cfg.data.task == "digits":
+        raise ValueError(f"run {run_id} is a digits (classifier) run; audits apply to language-model runs")
+    cfg = cfg.replace(
+        run=dataclasses.replace(cfg.run, run_id="", resume=False, name=f"{cfg.run.name}-control"),
+        privacy=dataclasses.replace(cfg.privacy, enabled=False),
+        # privacy.target_epsilon and δ stay, so the canary design (one_run_per_client) is the DP run's.
+        audit=dataclasses.replace(cfg.audit, enabled=True, control_of=run_id),
+        he=dataclasses.replace(cfg.he, key_dir=""))
+    cfg = absolutise(cfg, db_url)
+    code = run_simulation(cfg, flwr_home=Path(cfg.run.run_dir) / ".flwr-home", stream=not quiet)
+    if code != 0:
+        raise ValueError(f"control run {cfg.run.run_id} failed (flwr exit code {code}); see "
+                         f"{Path(cfg.run.run_dir) / (cfg.run.run_id + '.log')}")
+    return cfg.run.run_id
 
 
 def audit_command(
@@ -127,14 +156,30 @@ def audit_command(
         "--kind", help="exposure, memorisation, mia or epsilon (repeatable; default all)")] = None,
     db: Annotated[str | None, typer.Option(
         "--db", help="SQLAlchemy URL of the store (default: $FEDVEIL_DB or sqlite:///runs/fedveil.db)")] = None,
+    control: Annotated[bool, typer.Option(
+        "--control", help="train the run's configuration without DP under the same canary design; its eps_LB "
+                          "is stored in this run as the control (it must exceed the claimed eps)")] = False,
+    export: Annotated[Path | None, typer.Option(
+        "--export", help="write the run's canary scores, MIA summaries and bound parameters to this "
+                         "directory (docs/AUDIT_EXPORT.md) instead of auditing")] = None,
 ) -> None:
     """Re-run leakage audits of a stored run from its checkpoints and store the results."""
     from rich.console import Console
 
     from fedveil.store import RunNotFound, StoreError, default_db_url
     err = Console(stderr=True)
+    url = db or default_db_url()
     try:
-        audit_run(run_id, kind, db or default_db_url())
+        if export is not None:
+            from fedveil.commands.audit_export import export_run
+            files = export_run(run_id, url, export)
+            Console().print(f"exported {len(files)} files of run {run_id} to {export}")
+            return
+        if control:
+            control_id = control_run(run_id, url)
+            Console().print(f"control run {control_id} of run {run_id} done; its bound is stored in both")
+            return
+        audit_run(run_id, kind, url)
     except (ValueError, RunNotFound, StoreError, FileNotFoundError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -116,14 +116,25 @@ def runs(fmt: str = typer.Option("table", "--format", help="table or json"),
     if fmt != "table":
         fail(f"--format {fmt!r} is not allowed; choose table or json")
     table = Table()
-    for col in ("id", "name", "status", "method", "he", "clients", "rounds", "utility", "max eps", "created"):
+    # The id is what a user pastes into `show`: never wrapped or cut; the other columns give way instead.
+    table.add_column("id", no_wrap=True, min_width=max((len(r["id"]) for r in rows), default=2))
+    for col in ("name", "status", "method", "he", "clients", "rounds", "utility", "max eps", "created"):
         table.add_column(col)
     for r in rows:
         util = r.get("final_perplexity") or r.get("final_accuracy")
         table.add_row(r["id"], r["name"], r["status"], r["method"], "on" if r["he_enabled"] else "off",
                       str(r["num_clients"]), str(r["num_rounds"]), f"{util:.3f}" if util else "-",
                       f"{r['max_epsilon']:.3f}" if r.get("max_epsilon") is not None else "-", str(r["created_at"])[:19])
-    console.print(table)
+    # Piped or redirected output has no terminal width to respect: print every column in full.
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = console.width  # print() caps its width at the console's, so widen the console itself
+    console.width = max(width, 200)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 @app.command()

@@ -22,7 +22,9 @@ SET_HELP = "override one key, e.g. --set federation.rounds=5 (repeatable)"
 
 def fail(message: str) -> NoReturn:
     """Print a one-line error and exit 2."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+    # Messages quote config text ("[federation]", user values): printed literally, never as markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -62,6 +64,17 @@ def print_summary(result: dict[str, Any], url: str, wall: float, peak_mb: float)
         table.add_row(f"largest empirical eps_LB ({len(bounds)} bounds)",
                       f"{worst_b['epsilon_lb']:.3f} ({worst_b['method']}, client {worst_b['client_index']})"
                       + (f"  [red]{flagged} exceed the claim[/]" if flagged else ""))
+        # Audit power (docs/METHODS.md §8): the best any attack could certify with this audit.
+        powered = [b for b in bounds if (b.get("details") or {}).get("power") is not None]
+        if powered:
+            from privacy.audit.epsilon import power_note
+            best = max(powered, key=lambda b: b["details"]["power"])
+            claim = max((b["accountant_epsilon"] for b in bounds if b.get("accountant_epsilon") is not None),
+                        default=None)
+            power = float(best["details"]["power"])
+            note = power_note(power, claim)
+            table.add_row("audit power (largest certifiable eps_LB)",
+                          f"{power:.3f} ({best['method']})" + (f"  [yellow]{note}[/]" if note else ""))
     audits = result.get("audits", [])
     by_model: dict[str, list[float]] = {}
     for a in audits:

@@ -42,7 +42,7 @@ non-finite floats are ``null``)::
 except ``config``, ``privacy_statement``, ``error`` and ``run_dir``, plus
 ``final_perplexity`` / ``final_accuracy`` (the global metric of that name at
 the highest round, or ``null``), ``max_epsilon`` (largest ε in the ledger),
-``worst_exposure`` (largest rank exposure over all audits) and
+``worst_exposure`` (largest rank exposure over the released models' audits) and
 ``eps_lb_exceeds_claim`` (bool: an empirical ε lower bound exceeded the
 accountant's ε).
 """

@@ -165,6 +165,12 @@ def make_engine(
                 ) from exc
     try:
         engine = sa.create_engine(parsed, **kwargs)
+    except ModuleNotFoundError as exc:
+        hint = ""
+        if parsed.get_backend_name() == "postgresql":
+            # fedveil's PostgreSQL driver is psycopg 3, shipped as the `postgres` extra.
+            hint = "; install the PostgreSQL driver with pip install 'fedveil[postgres]' and use postgresql+psycopg://"
+        raise StoreError(f"cannot open store {shown}: missing database driver: {one_line(exc)}{hint}") from exc
     except Exception as exc:
         raise StoreError(f"cannot open store {shown}: {type(exc).__name__}: {one_line(exc)}") from exc
     if is_sqlite:

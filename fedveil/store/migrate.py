@@ -117,12 +117,31 @@ def current_revision(engine_or_url: Engine | str) -> str | None:
 
 
 def _run_command(engine: Engine, fn: Any, revision: str) -> None:
-    """Run an Alembic command inside one transaction on ``engine``."""
+    """Run an Alembic command inside one transaction on ``engine``.
+
+    On SQLite, foreign keys are switched off for the migration and checked
+    before it commits: a batch-mode table rebuild drops the old table, and with
+    foreign keys on that drop would cascade-delete every child row.
+    """
     cfg = alembic_config()
-    # The write lock up front: a second process opening the same new file waits, then sees head.
-    with for_writing(engine).begin() as conn:
-        cfg.attributes["connection"] = conn
-        fn(cfg, revision)
+    sqlite = engine.dialect.name == "sqlite"
+    with for_writing(engine).connect() as conn:
+        # The PRAGMA is a no-op inside a transaction, so it goes to the driver before BEGIN.
+        driver = conn.connection.driver_connection
+        if sqlite:
+            driver.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
+        try:
+            # The write lock up front: a second process opening the same new file waits, then sees head.
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                fn(cfg, revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise StoreError(f"migration to {revision} broke {len(broken)} foreign key(s): {broken[0]}")
+        finally:
+            if sqlite:
+                driver.execute("PRAGMA foreign_keys = ON")  # type: ignore[union-attr]
 
 
 def upgrade(engine_or_url: Engine | str, revision: str = "head") -> None:

@@ -33,6 +33,8 @@ EVENT_KINDS: tuple[str, ...] = ("dropped", "rejected", "failed", "refused-budget
 TEACHER_PROVENANCES: tuple[str, ...] = ("public", "private-non-dp", "dp", "none")
 AUDIT_KINDS: tuple[str, ...] = ("exposure", "memorisation", "mia", "epsilon")
 AUDIT_MODELS: tuple[str, ...] = ("teacher", "student", "global", "finetuned", "reference")
+# Models a run releases (each client's student, the global student); headline leakage numbers use only these.
+RELEASED_MODELS: tuple[str, ...] = ("student", "global")
 BOUND_METHODS: tuple[str, ...] = ("clopper-pearson", "one-run")
 # Run flag set when an empirical ε lower bound exceeds the accountant's ε.
 EPS_LB_FLAG = "eps_lb_exceeds_claim"

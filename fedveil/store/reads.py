@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from fedveil.store.convert import out_value, row_dict
 from fedveil.store.models import (
     EPS_LB_FLAG,
+    RELEASED_MODELS,
     Artifact,
     Audit,
     Canary,
@@ -109,6 +110,8 @@ def run_summaries(session: Session) -> list[dict[str, Any]]:
         for rid, value in session.execute(
             sa.select(Audit.run_id, sa.func.max(Exposure.exposure_rank))
             .join(Exposure, Exposure.audit_id == Audit.id)
+            # Headline = released models only: the teacher and the fine-tuned baseline never leave.
+            .where(Audit.model.in_(RELEASED_MODELS))
             .group_by(Audit.run_id)
         )
     }

@@ -19,9 +19,13 @@ __all__ = [
     "best_attack_epsilon",
     "clopper_pearson_bounds",
     "clopper_pearson_epsilon",
+    "clopper_pearson_power",
+    "one_run_canaries_for",
     "one_run_epsilon",
     "one_run_guesses",
     "one_run_p_value",
+    "one_run_power",
+    "power_note",
 ]
 
 
@@ -199,3 +203,57 @@ def one_run_guesses(
     negatives = order[values.size - k_neg :] if k_neg > 0 else order[:0]
     correct = int(np.count_nonzero(truth[positives])) + int(np.count_nonzero(~truth[negatives]))
     return k_pos + k_neg, correct
+
+
+# -- audit power: what the same audit could certify with a perfect attack (docs/METHODS.md §8) ----------
+
+
+def one_run_power(m: int, r: int, delta: float = 0.0, beta: float = 0.05) -> float:
+    """Power of a one-run audit: its ε lower bound when all ``r`` guesses are correct (``v = r``).
+
+    No attack on the same canaries (same ``m``, ``r``, δ, β) can certify more, since ``p(ε)`` only
+    shrinks as ``v`` grows; an ε above this value is out of the audit's reach whatever the model does.
+    """
+    return one_run_epsilon(m, r, r, delta=delta, beta=beta)
+
+
+def clopper_pearson_power(n_members: int, n_nonmembers: int, alpha: float = 0.05, delta: float = 0.0) -> float:
+    """Power of a Clopper–Pearson audit: its bound for a perfect attack (TP = all members, FP = 0).
+
+    ``alpha`` is the confidence spent on the bound that is reported, after every Bonferroni split
+    (per attack, per threshold tried), so that the power is that of the same audit.
+    """
+    return clopper_pearson_epsilon(n_members, 0, 0, n_nonmembers, alpha=alpha, delta=delta)
+
+
+def one_run_canaries_for(target: float, delta: float = 0.0, beta: float = 0.05, guess_fraction: float = 0.5,
+                         limit: int = 1 << 16) -> int:
+    """Smallest ``m`` whose one-run audit, guessing ``guess_fraction · m`` canaries, has power >= ``target``.
+
+    The power grows with ``m`` at fixed δ and β (more correct guesses are more surprising), which the
+    doubling-then-bisection search relies on; ``ValueError`` when even ``limit`` canaries fall short
+    (a δ so large that ``2 m δ`` alone exceeds β).
+    """
+    if not 0.0 < guess_fraction <= 1.0:
+        raise ValueError(f"guess_fraction must be in (0, 1], got {guess_fraction}")
+
+    def power(m: int) -> float:
+        return one_run_power(m, max(1, int(m * guess_fraction)), delta=delta, beta=beta)
+
+    high = 4
+    while power(high) < target:
+        high *= 2
+        if high > limit:
+            raise ValueError(f"no one-run audit with <= {limit} canaries reaches power {target} at delta={delta}")
+    low = high // 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if power(middle) < target else (low, middle)
+    return high
+
+
+def power_note(power: float | None, claimed: float | None) -> str | None:
+    """The sentence a display must show when an audit cannot reach the claim, else None."""
+    if power is None or claimed is None or power >= claimed:
+        return None
+    return f"this audit cannot detect leaks above ε = {power:.2f} (claimed ε = {claimed:.2f})"

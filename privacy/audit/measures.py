@@ -21,11 +21,17 @@ import numpy as np
 import torch
 
 from privacy.audit.canaries import Canary, candidate_token_ids
-from privacy.audit.epsilon import best_attack_epsilon, one_run_epsilon, one_run_guesses
+from privacy.audit.epsilon import (
+    best_attack_epsilon,
+    clopper_pearson_power,
+    one_run_epsilon,
+    one_run_guesses,
+    one_run_power,
+)
 from privacy.audit.exposure import exposure_report
 from privacy.audit.memorisation import MemorisationResult, extraction_check, inherited_count
 from privacy.audit.mia import loglog_roc_points, loss_score, min_k_score, reference_score, roc_metrics, zlib_score
-from privacy.audit.plan import ONE_RUN_FORMAT, is_one_run, plan_formats
+from privacy.audit.plan import ONE_RUN_BETA, ONE_RUN_FORMAT, is_one_run, plan_formats
 from privacy.audit.scoring import secret_log_perplexity, token_logprobs
 
 __all__ = [
@@ -48,7 +54,7 @@ MEMO_MAX_RECORDS = 64
 MIA_MAX_RECORDS = 512
 MIN_K = 0.2
 ALPHA = 0.05
-BETA = 0.05
+BETA = ONE_RUN_BETA
 ROC_POINTS = 100
 HIST_BINS = 20
 SCORE_BATCH = 256
@@ -68,7 +74,8 @@ class AuditData:
     members
         The client's own training records (canary copies excluded): MIA members, extraction records.
     nonmembers
-        Records from the same distribution never trained on (the client's held-out shard).
+        The client's records held out of training by its secret coin (``privacy.audit.plan.mia_split``):
+        the other half of one random split, so members and non-members share one distribution.
     max_length
         Training sequence length; records are truncated as in training.
     canaries
@@ -77,6 +84,9 @@ class AuditData:
         Reference candidate texts by exposure ``format_index``.
     delta
         δ of the client's DP guarantee, used in both ε lower bounds.
+    release_scores
+        Also return per-record statistics (ROC points, score histograms, the best threshold); off by
+        default (``audit.release_scores``), since they are computed on single private records.
     """
 
     encode: Encode
@@ -86,14 +96,15 @@ class AuditData:
     canaries: Sequence[Canary]
     references: Mapping[int, Sequence[str]]
     delta: float = 0.0
+    release_scores: bool = False
 
 
 def client_canaries(plan: Sequence[Canary], partition_id: int) -> list[Canary]:
-    """The canaries a client audits: its own (exposure and one-run) and, when it holds any, the
-    never-inserted controls; a client without canaries has no exposure to audit."""
+    """The canaries a client audits: its own (exposure and one-run) and, when it holds exposure canaries,
+    the never-inserted controls; a client without exposure canaries has no exposure to audit."""
     own = [c for c in plan if c.client_index == partition_id]
-    if not own:
-        return []
+    if not any(not is_one_run(c) for c in own):
+        return own
     return own + [c for c in plan if c.client_index is None and not is_one_run(c)]
 
 
@@ -152,8 +163,12 @@ def one_run_audit(model: torch.nn.Module, data: AuditData) -> dict[str, Any] | N
     k = len(canaries) // 4
     r, v = one_run_guesses(scores, included, k, k)
     eps = one_run_epsilon(len(canaries), r, v, delta=data.delta, beta=BETA)
+    # Canary scores and coins go to the auditor, which pools them over clients (server.audits): canaries
+    # are synthetic, so neither says anything about a private record.
     return {"m": len(canaries), "r": r, "v": v, "k_pos": k, "k_neg": k, "beta": BETA, "delta": data.delta,
-            "epsilon_lb": eps, "n_included": int(sum(included)), "score": "-log_perplexity_bits"}
+            "epsilon_lb": eps, "power": one_run_power(len(canaries), r, delta=data.delta, beta=BETA),
+            "n_included": int(sum(included)), "score": "-log_perplexity_bits",
+            "canaries": {c.canary_id: [float(s), bool(c.inserted)] for c, s in zip(canaries, scores, strict=True)}}
 
 
 # -- memorisation ------------------------------------------------------------------------------
@@ -177,6 +192,9 @@ def memorisation_audits(models: Mapping[str, torch.nn.Module], data: AuditData) 
             "approx_rate_ned_0.1_ours": _finite(res.approximate_rate(0.1)),
             "mean_ned_ours": _finite(float(np.mean(res.normalised_edit_distance))) if res.n_audited else None,
         }
+        if not res.n_audited:
+            row["not_measurable"] = (f"not measurable (records shorter than prefix + suffix = "
+                                     f"{MEMO_PREFIX} + {MEMO_SUFFIX} tokens)")
         if teacher is not None and name != "teacher":
             row["inherited_from_teacher"] = inherited_count(teacher.memorised, res.memorised)
             row["teacher_memorised"] = int(sum(teacher.memorised))
@@ -185,6 +203,16 @@ def memorisation_audits(models: Mapping[str, torch.nn.Module], data: AuditData) 
 
 
 # -- membership inference and the Clopper–Pearson ε lower bound ----------------------------------
+
+def _tpr_reasons(n_nonmembers: int) -> dict[str, str]:
+    """Why a TPR at a fixed FPR is undefined: fewer non-members than 1 / FPR."""
+    out: dict[str, str] = {}
+    for key, fpr in (("tpr_at_1pct", 0.01), ("tpr_at_01pct", 0.001)):
+        need = int(round(1.0 / fpr))
+        if n_nonmembers < need:
+            out[f"{key}_na"] = f"needs >= {need} non-members, has {n_nonmembers}"
+    return out
+
 
 def _histogram(members: np.ndarray, nonmembers: np.ndarray) -> dict[str, list[float]]:
     both = np.concatenate([members, nonmembers])
@@ -232,14 +260,26 @@ def mia_audits(models: Mapping[str, torch.nn.Module], data: AuditData,
             inside, outside = values[:n_in], values[n_in:]
             roc = roc_metrics(inside, outside)
             attacks[attack] = {"auc": roc.auc, "tpr_at_1pct": roc.tpr_at_1pct, "tpr_at_01pct": roc.tpr_at_01pct,
-                               "roc_points": [list(p) for p in loglog_roc_points(roc.fpr, roc.tpr, ROC_POINTS)],
-                               "histogram": _histogram(inside, outside)}
+                               **_tpr_reasons(len(outside))}
+            if data.release_scores:
+                # ROC points and histograms are statistics of single records' scores: they leave the
+                # node only on request (audit.release_scores) and the privacy statement lists them.
+                attacks[attack]["roc_points"] = [list(p) for p in loglog_roc_points(roc.fpr, roc.tpr, ROC_POINTS)]
+                attacks[attack]["histogram"] = _histogram(inside, outside)
+                attacks[attack]["member_scores"] = inside.tolist()
+                attacks[attack]["nonmember_scores"] = outside.tolist()
             eps, threshold, counts = best_attack_epsilon(inside, outside, alpha=alpha, delta=data.delta)
             attacks[attack]["epsilon_lb"] = eps
+            tried = int(np.unique(values).size)
+            # Power of this very audit: a perfect attack with the same sizes and the same α split.
+            power = clopper_pearson_power(n_in, len(nonmembers), alpha / tried, data.delta)
+            attacks[attack]["power"] = power
             if not best or eps > best["epsilon_lb"]:
-                best = {"epsilon_lb": eps, "attack": attack, "threshold": threshold, "counts": counts._asdict(),
-                        "alpha": ALPHA, "alpha_per_attack": alpha, "delta": data.delta,
-                        "thresholds_tried": int(np.unique(values).size)}
+                best = {"epsilon_lb": eps, "attack": attack, "counts": counts._asdict(), "power": power,
+                        "alpha": ALPHA, "alpha_per_attack": alpha, "delta": data.delta, "thresholds_tried": tried,
+                        "n_members": n_in, "n_nonmembers": len(nonmembers)}
+                if data.release_scores:
+                    best["threshold"] = threshold
         mia[name] = {"attacks": attacks, "n_members": n_in, "n_nonmembers": len(nonmembers)}
         bounds[name] = best
     return mia, bounds

@@ -22,13 +22,19 @@ from privacy.dp.accounting import Ledger
 # Opacus' ghost clipping backward fires full backward hooks on integer inputs; harmless.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
+MODES = ("bk", "ghost", "hooks")  # privacy.grad_sample_mode
+
+
 class DPSession:
     """Wraps a model for DP-SGD (or plain SGD when ``noise_multiplier`` is None).
 
     Parameters
     ----------
     model : the unwrapped module; ``session.module`` is what to call in forward passes.
-    mode : "ghost" (fast gradient clipping) or "hooks" (materialised per-sample gradients).
+    mode : "bk" (book-keeping: exact clipping in one backward pass, :mod:`privacy.dp.bk`), "ghost"
+        (Opacus fast gradient clipping, two backward passes) or "hooks" (Opacus, materialised
+        per-sample gradients).
+    generator : where the Gaussian noise comes from (node-local randomness; every mode draws from it).
     """
 
     def __init__(self, model: torch.nn.Module, *, lr: float, noise_multiplier: float | None,
@@ -46,8 +52,16 @@ class DPSession:
         if noise_multiplier is None:  # plain Adam: no Opacus import at all
             self.module, self.optimizer, self._base = model, base, base
             return
-        if mode not in ("ghost", "hooks"):
-            raise ValueError(f"unknown grad_sample_mode {mode!r}; allowed: ghost, hooks")
+        if mode not in MODES:
+            raise ValueError(f"unknown grad_sample_mode {mode!r}; allowed: {', '.join(MODES)}")
+        if mode == "bk":  # no Opacus import: the book-keeping step is ours (docs/METHODS.md §2)
+            from privacy.dp.bk import BKModule, BKOptimizer
+
+            self.module = BKModule(model)
+            self.optimizer = BKOptimizer(base, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,  # type: ignore[assignment]
+                                         expected_batch_size=expected_batch_size, generator=generator)
+            self._base = base
+            return
         from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
         from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 
@@ -68,7 +82,9 @@ class DPSession:
         """One DP-SGD step on per-example losses (shape ``(B,)``); returns the mean loss."""
         if loss_per_example.dim() != 1:
             raise ValueError("DP-SGD needs one loss per example (a 1-D tensor)")
-        if self.mode == "ghost":
+        if self.mode == "bk":
+            self.module.clipped_backward(loss_per_example, self.max_grad_norm)  # type: ignore[operator]
+        elif self.mode == "ghost":
             from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
             DPTensorFastGradientClipping(self.module, self.optimizer, loss_per_example, "mean").backward()  # type: ignore[arg-type]
@@ -92,7 +108,7 @@ class DPSession:
 
     def close(self) -> torch.nn.Module:
         """Remove Opacus hooks and return the plain model."""
-        if self.module is not self.model:  # an Opacus wrapper: take its hooks and per-sample state off
+        if self.module is not self.model:  # a bk or Opacus wrapper: take its hooks and per-sample state off
             wrapper: Any = self.module
             wrapper.remove_hooks()
             for p in self.model.parameters():

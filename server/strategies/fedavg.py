@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,7 +27,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedveil.store import EventRow, HERow, LedgerRow, MetricRow, Store
-from server.validation import ArraySpec, RejectedReply, check_metrics, check_plain_arrays, weighted_mean
+from server import aggregation
+from server.validation import (
+    ArraySpec,
+    NodeRecord,
+    RejectedReply,
+    ReplyPolicy,
+    check_ledger,
+    check_metrics,
+    check_nonce,
+    check_plain_arrays,
+)
 
 log = logging.getLogger("fedveil.server")
 CLIENT_METRICS = ("train-loss", "epsilon", "seconds", "num-examples", "steps", "on-policy-steps", "empty-batches")
@@ -90,18 +101,32 @@ class PrivateFedAvg(FedAvg):
     node_to_client : node id → client (partition) index, from the hello query.
     min_clients : usable replies needed for a round to count.
     max_payload_bytes : replies larger than this are rejected.
+    num_examples : node id → record count declared at hello; the only weight FedAvg uses.
+    policy : what a correct reply's ledger fields must satisfy (:class:`ReplyPolicy`).
+    aggregator : ``federation.aggregator`` (plaintext rule, :mod:`server.aggregation`).
+    ledger : client → (steps, ε) already recorded, so that a resumed run checks replies against them.
     """
 
     def __init__(self, *, store: Store, run_id: str, node_to_client: dict[int, int], min_clients: int,
                  max_payload_bytes: int, max_grad_norm: float, fraction_train: float = 1.0,
                  fraction_evaluate: float | None = None, round_offset: int = 0,
-                 checkpoint: Path | None = None) -> None:
+                 checkpoint: Path | None = None, num_examples: dict[int, int] | None = None,
+                 policy: ReplyPolicy | None = None, aggregator: str = "mean", trim_fraction: float = 0.2,
+                 ledger: dict[int, tuple[int, float]] | None = None) -> None:
         fraction_evaluate = fraction_train if fraction_evaluate is None else fraction_evaluate
         super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
                          min_train_nodes=min_clients, min_evaluate_nodes=min_clients,
                          min_available_nodes=min_clients)
         self.store, self.run_id = store, run_id
         self.node_to_client = node_to_client
+        counts = num_examples or {}
+        ledger = ledger or {}
+        # Identity and weight are fixed here, from the hello registration; a reply can change neither.
+        self.nodes = {node: NodeRecord(client, int(counts.get(node, 1)), *ledger.get(client, (0, 0.0)))
+                      for node, client in node_to_client.items()}
+        self.policy = policy or ReplyPolicy(dp=True, epsilon_budget=math.inf, delta_max=1e-2)
+        self.aggregate_fn = aggregation.aggregator(aggregator, trim_fraction)
+        self.nonce: str | None = None  # this round's nonce; None until configure_train (direct tests set it)
         self.min_clients = min_clients
         self.max_payload_bytes = max_payload_bytes
         self.max_grad_norm = max_grad_norm
@@ -150,6 +175,11 @@ class PrivateFedAvg(FedAvg):
         if self.spec is None:
             self.spec = ArraySpec.of(arrays)
         messages = _renumber(super().configure_train(server_round, arrays, config, grid), self.round_offset)
+        # A fresh nonce per round; a reply must echo it (server.validation.check_nonce), so one replayed
+        # from an earlier round — or answering another round's instruction — is rejected.
+        self.nonce = secrets.token_hex(16)
+        for msg in messages:
+            msg.content.config_records["config"]["round-nonce"] = self.nonce
         self.round.sampled = len(messages)
         self._sampled_nodes = {m.metadata.dst_node_id for m in messages}
         return messages
@@ -163,10 +193,21 @@ class PrivateFedAvg(FedAvg):
         assert self.spec is not None
         return check_plain_arrays(msg, self.spec, self.max_payload_bytes)
 
+    def weight_of(self, msg: Message) -> int:
+        """The record count the node declared at hello (never the reply's own ``num-examples``)."""
+        return self.nodes[msg.metadata.src_node_id].num_examples
+
     def combine(self, server_round: int, accepted: list[tuple[Message, Any, MetricRecord]]) -> ArrayRecord:
-        """Aggregate accepted updates (plaintext: weighted mean by num-examples)."""
-        mean = weighted_mean([(upd, float(m["num-examples"])) for _, upd, m in accepted])
+        """Aggregate accepted updates: ``federation.aggregator`` over hello-declared weights."""
+        mean = self.aggregate_fn([(upd, float(self.weight_of(msg))) for msg, upd, _ in accepted])
         return ArrayRecord({k: Array(v) for k, v in mean.items()})
+
+    def check_reply(self, server_round: int, msg: Message) -> tuple[Any, MetricRecord]:
+        """Every field of a train reply against what the server knows; the usable update or RejectedReply."""
+        metrics = check_metrics(msg)
+        check_nonce(msg, self.nonce)
+        check_ledger(msg, metrics, self.policy, self.nodes.get(msg.metadata.src_node_id), server_round)
+        return self.validate_update(msg), metrics
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -180,9 +221,12 @@ class PrivateFedAvg(FedAvg):
                                               server_round=server_round))
         accepted: list[tuple[Message, Any, MetricRecord]] = []
         for msg in self._split_replies(server_round, replies):
+            if msg.metadata.src_node_id in {a[0].metadata.src_node_id for a in accepted}:
+                self._event(server_round, msg, "rejected", "a second reply from this node in one round")
+                continue
             try:
-                metrics = check_metrics(msg)
-                accepted.append((msg, self.validate_update(msg), metrics))
+                update, metrics = self.check_reply(server_round, msg)
+                accepted.append((msg, update, metrics))
             except RejectedReply as exc:
                 self._event(server_round, msg, "rejected", str(exc))
         if len(accepted) < self.min_clients:
@@ -194,7 +238,7 @@ class PrivateFedAvg(FedAvg):
         t0 = time.perf_counter()
         arrays = self.combine(server_round, accepted)
         self.round.metrics.append(MetricRow("aggregate-seconds", time.perf_counter() - t0, server_round))
-        n = [float(m["num-examples"]) for _, _, m in accepted]
+        n = [float(self.weight_of(msg)) for msg, _, _ in accepted]
         loss = [float(m.get("train-loss", float("nan"))) for _, _, m in accepted]
         agg = MetricRecord({"train-loss": float(np.average(loss, weights=n)), "clients": len(accepted)})
         self.round.metrics.append(MetricRow("train-loss", float(agg["train-loss"]), server_round))
@@ -203,7 +247,9 @@ class PrivateFedAvg(FedAvg):
 
     def _record_client(self, server_round: int, msg: Message, m: MetricRecord) -> None:
         assert self.round is not None
-        client = int(m["partition-id"])
+        node = self.nodes[msg.metadata.src_node_id]  # check_ledger made sure the reply agrees with it
+        client = node.client
+        node.steps, node.epsilon = int(m["steps"]), max(node.epsilon, float(m["epsilon"]))  # type: ignore[arg-type]
         for key in CLIENT_METRICS:
             if key in m:
                 self.round.metrics.append(MetricRow(key, float(m[key]), server_round, client))  # type: ignore[arg-type]

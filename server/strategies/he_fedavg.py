@@ -84,9 +84,10 @@ class HEFedAvg(PrivateFedAvg):
         total = sum_payloads(self.public_ctx, [payload for _, payload, _ in accepted])
         agg_s = time.perf_counter() - t0 + getattr(self, "_validate_s", 0.0)
         self._validate_s = 0.0
-        for _, payload, m in accepted:
+        for msg, payload, m in accepted:
             self.round.he.append(HERow(
-                profile=self.profile, bytes_sent=payload_nbytes(payload), client_index=int(m["partition-id"]),  # type: ignore[call-overload]
+                profile=self.profile, bytes_sent=payload_nbytes(payload),
+                client_index=self.nodes[msg.metadata.src_node_id].client,
                 encrypt_seconds=float(m.get("he-encrypt-s", 0.0)),  # type: ignore[arg-type]
                 decrypt_seconds=float(m["he-decrypt-s"]) if "he-decrypt-s" in m else None,  # type: ignore[arg-type]
                 server_round=server_round))

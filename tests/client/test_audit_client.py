@@ -30,8 +30,10 @@ from fedveil.config import load_config, to_run_config
 from privacy.he.keys import write_keys
 from privacy.audit.plan import (
     EXPOSURE_FORMATS,
-    ONE_RUN_CANARIES,
     is_one_run,
+    mia_split,
+    node_plan,
+    one_run_per_client,
     reference_candidates,
     run_canary_plan,
     training_encode,
@@ -59,18 +61,30 @@ def test_plan_is_deterministic_and_only_for_canary_clients(tok: Any) -> None:
     assert sorted(c.repetitions for c in inserted) == [1, 4, 16] and {c.client_index for c in inserted} == {0}
     assert all(c.client_index is None and c.repetitions == 0 for c in exposure if not c.inserted)
     one_run = [c for c in plan if is_one_run(c)]
-    assert len(one_run) == ONE_RUN_CANARIES and {c.client_index for c in one_run} == {0}
-    assert all(c.repetitions == int(c.inserted) for c in one_run)
+    # One-run canaries: every client, the designed number each, and no coin in the server's copy.
+    assert len(one_run) == 2 * one_run_per_client(cfg) and {c.client_index for c in one_run} == {0, 1}
+    assert not any(c.inserted or c.repetitions for c in one_run)
     refs = reference_candidates(cfg, encode, plan)[0]
     lengths = {len(encode(t)) for t in refs + [c.text for c in exposure]}
     assert len(refs) == 64 and len(lengths) == 1  # every candidate of the format has one token length
     assert not {c.text for c in exposure} & set(refs)
-    # Insertion: client 0 gets every copy, client 1 nothing.
-    own = client_texts(cfg, 0)
-    train = with_canaries(cfg, 0, own, tok)
-    copies = sum(c.repetitions for c in plan if c.inserted)
-    assert len(train) == len(own) + copies and [t for t in train if t in own] == own
-    assert with_canaries(cfg, 1, client_texts(cfg, 1), tok) == client_texts(cfg, 1)
+    # Insertion: each client trains on its secret member split, its exposure copies (client 0 only) and the
+    # one-run canaries its own coins include; the original records keep their order.
+    for pid in (0, 1):
+        members, held = mia_split(cfg, pid, client_texts(cfg, pid))
+        resolved = node_plan(cfg, pid, len(client_texts(cfg, pid)), plan)
+        train = with_canaries(cfg, pid, client_texts(cfg, pid), tok)
+        copies = sum(c.repetitions for c in resolved if c.inserted and c.client_index == pid)
+        assert len(train) == len(members) + copies and [t for t in train if t in members] == members
+        assert not set(held) & set(train)
+        expected = sum(c.repetitions for c in resolved if c.client_index == pid and not is_one_run(c)) + sum(
+            0.5 for c in resolved if is_one_run(c))
+        # Capped in expectation over the public record count (the secret split's size is itself random).
+        trained = len(client_texts(cfg, pid)) * (1.0 - cfg.audit.mia_holdout)
+        assert expected / (trained + expected) <= cfg.audit.max_canary_share + 1e-9
+    # Client 0's 16-fold canary no longer fits 24 records under the 30 % cap: withdrawn, kept as a control.
+    resolved = node_plan(cfg, 0, len(client_texts(cfg, 0)), plan)
+    assert [c.repetitions for c in resolved if c.client_index == 0 and not is_one_run(c)] == [1, 4, 0]
     # No exposure audit configured: no canary inserted anywhere.
     assert run_canary_plan(load_config(None, [*SMALL, "audit.kinds=['mia']"]), encode) == []
     assert run_canary_plan(load_config(None, [*SMALL, "audit.enabled=false"]), encode) == []
@@ -125,7 +139,8 @@ def test_audit_query_replies_numbers_only(tok: Any, tmp_path: Path) -> None:
         assert set(attacks) == {"loss", "zlib", "min_k", "reference"}
         assert all(0.0 <= a["auc"] <= 1.0 and a["tpr_at_01pct"] is None for a in attacks.values())
         eps = result["epsilon"][model]
-        assert eps["clopper_pearson"]["epsilon_lb"] >= 0.0 and eps["one_run"]["m"] == ONE_RUN_CANARIES
+        assert eps["clopper_pearson"]["epsilon_lb"] >= 0.0 and eps["one_run"]["m"] >= 4
+        assert eps["one_run"]["epsilon_lb"] <= eps["one_run"]["power"]
         assert eps["dp_claimed"] == (model in ("student", "global"))
     assert "inherited_from_teacher" in result["memorisation"]["global"]
     # The decrypted global student is this client's own update (up to CKKS error): same exposures.
@@ -140,7 +155,8 @@ def test_audit_query_replies_numbers_only(tok: Any, tmp_path: Path) -> None:
 
 ISSUE = ["federation.clients=2", "data.records_per_client=24", "data.public_records=200", "data.heldout_records=64",
          "data.max_length=32", "data.vocab_size=400", "audit.canary_repetitions=[16]", "audit.canaries_per_setting=4",
-         "audit.n_references=256", "he.enabled=false"]
+         "audit.n_references=256", "he.enabled=false", "audit.one_run_canaries=64", "audit.max_canary_share=0.9",
+         "audit.mia_holdout=0"]
 STEPS = 80
 
 
@@ -152,7 +168,8 @@ def issue_setup(tok: Any) -> tuple:
     own = client_texts(cfg, 0)
     train = tokenise(tok, with_canaries(cfg, 0, own, tok), max_length=32, prompt_length=1, with_privacy=False)
     data = AuditData(encode=encode, members=own, nonmembers=heldout_shard(cfg, 0), max_length=32,
-                     canaries=client_canaries(plan, 0), references=reference_candidates(cfg, encode, plan), delta=1e-5)
+                     canaries=client_canaries(node_plan(cfg, 0, len(own), plan), 0),
+                     references=reference_candidates(cfg, encode, plan), delta=1e-5)
     return cfg, train, data
 
 
@@ -191,3 +208,25 @@ def test_strongly_private_model_shows_low_exposure(tok: Any, issue_setup: tuple)
     assert float(np.mean(_sixteen_fold(result))) < 0.5 * math.log2(256)
     eps = result["epsilon"]["global"]
     assert eps["clopper_pearson"]["epsilon_lb"] <= epsilon and eps["one_run"]["epsilon_lb"] <= epsilon
+
+
+def test_mia_reply_carries_summaries_unless_scores_are_released(tok: Any, issue_setup: tuple) -> None:
+    """Issue 13 item 3: ROC points, histograms and thresholds (statistics of single records) stay on the node
+    unless ``audit.release_scores``; every TPR cell that is undefined says why; the bound carries its power."""
+    import dataclasses
+
+    from privacy.audit.epsilon import clopper_pearson_power
+
+    _, _, data = issue_setup
+    model = build_lm("student-xs", len(tok), seed=0)
+    kept = audit_client_models({"global": model}, data, ("mia", "epsilon"))
+    for attack in kept["mia"]["global"]["attacks"].values():
+        assert "roc_points" not in attack and "histogram" not in attack
+        assert attack["tpr_at_1pct_na"] == f"needs >= 100 non-members, has {len(data.nonmembers)}"
+    best = kept["epsilon"]["global"]["clopper_pearson"]
+    assert "threshold" not in best and best["epsilon_lb"] <= best["power"]
+    assert best["power"] == pytest.approx(clopper_pearson_power(
+        best["n_members"], best["n_nonmembers"], best["alpha_per_attack"] / best["thresholds_tried"], data.delta))
+    released = audit_client_models({"global": model}, dataclasses.replace(data, release_scores=True), ("mia",))
+    attack = released["mia"]["global"]["attacks"]["loss"]
+    assert attack["roc_points"] and sum(attack["histogram"]["members"]) == released["mia"]["global"]["n_members"]

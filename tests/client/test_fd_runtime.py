@@ -20,6 +20,7 @@ from distill.kmeans_filter import KMeansDensityFilter
 from fedveil.config import Config, load_config, to_dict, to_run_config
 from fedveil.store import Store
 from server.strategies.fd import SoftLabelFD
+from server.validation import ReplyPolicy
 
 SMALL = ["data.task=digits", "federation.clients=4", "federation.rounds=2", "data.partition=iid", "fd.proxy_size=40",
          "fd.warmup_epochs=1", "fd.local_epochs=1", "fd.hidden=16", "fd.mode=fd-kmeans", "distill.swing=false",
@@ -55,7 +56,9 @@ def _strategy(tmp_path: Path, cfg: Config, he_context: object = None, arrays: Ar
     n = cfg.federation.clients
     s = SoftLabelFD(mode=cfg.fd.mode, n_proxy=cfg.fd.proxy_size, n_classes=10, he_context=he_context,
                     he_profile=cfg.he.profile, store=store, run_id=run_id, node_to_client={11 + i: i for i in range(n)},
-                    min_clients=2, max_payload_bytes=2**24, max_grad_norm=cfg.privacy.max_grad_norm)
+                    min_clients=2, max_payload_bytes=2**24, max_grad_norm=cfg.privacy.max_grad_norm,
+                    policy=ReplyPolicy.of(cfg),  # weights fixed at hello: each node's record count
+                    num_examples={11 + i: len(load_node(c).data.y) for i, c in enumerate(_contexts(cfg))})
     s.open_round(range(11, 11 + n), arrays)
     return s
 

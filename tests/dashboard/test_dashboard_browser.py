@@ -180,3 +180,41 @@ def test_run_in_progress_refreshes_and_failed_run_shows_error(states_db: str, tm
         wait_rendered(page)
         page.screenshot(path=str(tmp_path / "failed.png"))
         assert "This run failed" in page.inner_text("body")
+
+
+def _audit_power_db(tmp_path: Path) -> tuple[str, str, str]:
+    """A DP run audited with power (pooled bound, its non-DP control) and one audited without enough power."""
+    from fedveil.store import sqlite_url
+    from privacy.audit.epsilon import one_run_power
+
+    url = sqlite_url(tmp_path / "power.db")
+    strong, weak = one_run_power(332, 166, 1e-5), one_run_power(32, 16, 1e-5)
+    with Store(url) as store:
+        ids = []
+        for name, power in (("powered", strong), ("underpowered", weak)):
+            run_id = store.create_run({"privacy": {"target_epsilon": 2.0}}, name=name, method="dp-opd",
+                                      task="synthetic-text", he_enabled=False, num_clients=4, num_rounds=3, seed=0)
+            store.add_epsilon_bound(run_id, method="one-run", epsilon_lb=0.21, accountant_epsilon=1.97,
+                                    details={"model": "global", "pooled": True, "power": power, "m": 332})
+            ids.append(run_id)
+        store.add_epsilon_bound(ids[0], method="one-run", epsilon_lb=3.4, accountant_epsilon=None, flagged=False,
+                                details={"model": "global", "pooled": True, "power": strong, "control": True,
+                                         "claimed_epsilon": 1.97, "control_exceeds_claim": True})
+    return url, ids[0], ids[1]
+
+
+def test_leakage_page_shows_power_control_and_dp_bound(tmp_path: Path) -> None:
+    """Issue 20 Done-when: the DP bound (<= eps), the control (> eps, flagged) and the power on the leakage page,
+    and the underpowered audit says so instead of a green banner. Screenshots in tmp_path."""
+    url, powered, underpowered = _audit_power_db(tmp_path)
+    with serve(url) as server, chromium() as page:
+        page.goto(f"{server}/leakage?run={powered}", wait_until="domcontentloaded")
+        wait_rendered(page)
+        check_full_page(page, tmp_path / "leakage-powered.png", charts_expected=True)
+        body = page.inner_text("body")
+        assert "the audit bites" in body and "had the power to exceed it" in body
+        page.goto(f"{server}/leakage?run={underpowered}", wait_until="domcontentloaded")
+        wait_rendered(page)
+        check_full_page(page, tmp_path / "leakage-underpowered.png", charts_expected=True)
+        body = page.inner_text("body")
+        assert "this audit cannot detect leaks above ε = 1.58" in body and "no evidence against" not in body

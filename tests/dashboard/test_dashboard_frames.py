@@ -123,11 +123,11 @@ def test_audit_frames_accept_variants() -> None:
     mia = mia_frame(detail)
     assert mia[["model", "client", "attack"]].values.tolist() == [
         ["distilled student", "client 1", "min-k"], ["distilled student", "client 1", "zlib"],
-        ["teacher", "server", "loss"]]
+        ["teacher (reference)", "server", "loss"]]
     assert len(roc_frame(detail)) == 2  # the (0, 0.1) point cannot go on log axes
     hist = score_histogram_frame(detail, bins=3)
-    assert set(hist["model"]) == {"teacher"} and hist.groupby("group")["share"].sum().tolist() == pytest.approx(
-        [100.0, 100.0])
+    assert set(hist["model"]) == {"teacher (reference)"}
+    assert hist.groupby("group")["share"].sum().tolist() == pytest.approx([100.0, 100.0])
     assert exposure_frame({}).empty and exposure_trend_frame({}).empty and bounds_frame({}).empty
     assert mia_frame({}).empty
 
@@ -176,3 +176,26 @@ def test_launcher_command_and_environment(tmp_path: Path) -> None:
     env = dashboard_env(str(tmp_path / "x.db"))
     assert env["FEDVEIL_DB"] == f"sqlite:///{tmp_path / 'x.db'}"
     assert str(app_path().parents[1]) in env["PYTHONPATH"].split(":")
+
+
+def test_bounds_frame_shows_power_and_says_when_the_audit_cannot_reach_the_claim() -> None:
+    """Issue 20: an ε_LB under the claim from an audit whose power is under the claim is no evidence."""
+    from privacy.audit.epsilon import one_run_power
+
+    weak, strong = one_run_power(32, 16, 1e-5), one_run_power(400, 200, 1e-5)
+    detail = {"epsilon_bounds": [
+        {"id": 1, "method": "one-run", "client_index": 0, "epsilon_lb": 0.0, "accountant_epsilon": 2.0,
+         "flagged": False, "details": {"model": "global", "power": weak}},
+        {"id": 2, "method": "one-run", "client_index": None, "epsilon_lb": 0.3, "accountant_epsilon": 2.0,
+         "flagged": False, "details": {"model": "global", "power": strong}},
+        {"id": 3, "method": "one-run", "client_index": None, "epsilon_lb": 3.1, "accountant_epsilon": None,
+         "flagged": False, "details": {"model": "global", "power": strong, "control": True, "claimed_epsilon": 2.0,
+                                       "control_exceeds_claim": True}},
+    ]}
+    bounds = bounds_frame(detail)
+    assert bounds["power"].tolist() == pytest.approx([weak, strong, strong])
+    assert bounds["note"].iloc[0] == f"this audit cannot detect leaks above ε = {weak:.2f} (claimed ε = 2.00)"
+    assert bounds["note"].iloc[1] == "" and bounds["note"].iloc[2] == ""
+    assert bounds["control"].tolist() == [False, False, True] and bounds["flagged"].tolist() == [False, False, True]
+    assert bounds["accountant_epsilon"].iloc[2] == 2.0  # the control is compared with the DP run's claim
+    assert bounds["bound"].iloc[1].startswith("one-run · global student · all clients")

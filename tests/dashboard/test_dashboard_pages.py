@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import sqlite3
 from pathlib import Path
 
@@ -120,7 +122,9 @@ def test_runs_page_table_and_counts(monkeypatch: pytest.MonkeyPatch, filled_db: 
     text = table.set_index("id").loc[TEXT_RUN]
     assert text["final_perplexity"] == pytest.approx(25.43)
     assert text["max_epsilon"] == pytest.approx(0.62 * 3 + 0.08)
-    assert text["worst_exposure"] == pytest.approx(10.97)  # the teacher's canary inserted 16 times
+    # Released models only (issue 20): the teacher's 10.97 bits is a reference row, never the run's number;
+    # the worst released exposure is the global student's round-3 audit of the 16-fold canary.
+    assert text["worst_exposure"] == pytest.approx(0.5 * 3 * math.log2(17))
     assert bool(text["he"]) and bool(text["eps_lb_flag"])
     digits = table.set_index("id").loc[DIGITS_RUN]
     assert digits["final_accuracy"] == pytest.approx(90.4) and pd.isna(digits["max_epsilon"])
@@ -192,7 +196,7 @@ def test_leakage_page_text_run(monkeypatch: pytest.MonkeyPatch, filled_db: str) 
     assert len(exposures) == 24 and exposures["extrapolated_text"].str.startswith("> ").sum() == 6
     # The curves shown are picked by attack and client; the histogram by model.
     assert [s.label for s in at.selectbox] == ["Run", "Attack", "Client", "Score distribution of"]
-    for label, value in (("Attack", "zlib"), ("Client", "client 1"), ("Score distribution of", "teacher")):
+    for label, value in (("Attack", "zlib"), ("Client", "client 1"), ("Score distribution of", "teacher (reference)")):
         next(s for s in at.selectbox if s.label == label).set_value(value).run()
         assert not at.exception and charts(at) == 6
 

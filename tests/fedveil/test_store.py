@@ -1,4 +1,4 @@
-"""Round trips through fedveil.store on real SQLite files."""
+"""Round trips through fedveil.store on real SQLite files, and on PostgreSQL when ``FEDVEIL_TEST_PG_URL`` is set."""
 
 from __future__ import annotations
 
@@ -59,8 +59,9 @@ def _round(store: Store, run_id: str, r: int, **kw: object) -> None:
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(sqlite_url(tmp_path / "sub" / "fv.db"))
+def store(db_url: str) -> Iterator[Store]:
+    # db_url (tests/fedveil/conftest.py): every test using this fixture runs on SQLite and, when given, PostgreSQL.
+    s = Store(db_url)
     yield s
     s.close()
 
@@ -184,6 +185,8 @@ def test_latest_ledger_per_client(store: Store) -> None:
 
 
 def test_sqlite_pragmas(store: Store) -> None:
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only")
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -222,6 +225,15 @@ def test_bad_urls_give_one_line_store_error(tmp_path: Path) -> None:
         assert url.replace("hunter2", "***") in message
 
 
+def test_missing_postgresql_driver_names_the_extra() -> None:
+    # pg8000 is a real SQLAlchemy driver fedveil does not install: the message says what to install instead.
+    with pytest.raises(StoreError) as info:
+        Store("postgresql+pg8000://user:hunter2@localhost/db")
+    message = str(info.value)
+    assert "missing database driver" in message and "fedveil[postgres]" in message
+    assert "hunter2" not in message and "\n" not in message
+
+
 def test_unknown_run_id(store: Store) -> None:
     calls = [
         lambda: store.get_run("nope"),
@@ -244,7 +256,7 @@ def test_record_round_is_atomic(store: Store) -> None:
     rid = _run(store)
     _round(store, rid, 1, ledger=[_ledger(0, 0.5, 10)])
     before = store.get_run(rid)
-    with pytest.raises(StoreError, match="UNIQUE"):
+    with pytest.raises(StoreError, match="(?i)unique"):  # SQLite says UNIQUE, PostgreSQL unique
         _round(store, rid, 2, metrics=[MetricRow("perplexity", 9.0)], he=[HERow("compact", 10)],
                events=[EventRow("failed", "boom")], ledger=[_ledger(0, 0.9, 20), _ledger(0, 0.95, 21)])
     with pytest.raises(ValueError, match="event kind"):
@@ -393,3 +405,20 @@ def test_concurrent_writers_queue(tmp_path: Path) -> None:
     assert errors == []
     with Store(url) as store:
         assert len(store.list_runs()) == 15
+
+
+def test_headline_exposure_ignores_unreleased_models(store: Store) -> None:
+    """Issue 20: a run's worst exposure is over the released models (students, global) only; the teacher and
+    the fine-tuned baseline never leave their node, so their 10.97 bits must not become the run's number."""
+    run_id = _run(store)
+
+    def audit(model: str, bits: float) -> None:
+        store.add_audit(run_id, "exposure", model, client_index=0,
+                        exposures=[ExposureRow("c", 16, 30.0, bits, 2000)])
+
+    audit("teacher", 10.97)
+    audit("finetuned", 10.5)
+    assert store.list_runs()[0]["worst_exposure"] is None  # nothing released was audited
+    audit("student", 4.06)
+    audit("global", 3.5)
+    assert store.list_runs()[0]["worst_exposure"] == pytest.approx(4.06)

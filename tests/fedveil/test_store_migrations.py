@@ -90,6 +90,7 @@ def test_migration_sql_is_portable_to_postgresql() -> None:
     assert "CREATE TABLE runs" in sql and "ON DELETE CASCADE" in sql
     assert "TIMESTAMP WITHOUT TIME ZONE" in sql and "JSON" in sql
     assert "CREATE INDEX ix_metrics_run_id_name ON metrics (run_id, name)" in sql
+    assert 'ALTER TABLE "runs" RENAME CONSTRAINT "ck_runs_ck_runs_status" TO "ck_runs_status"' in sql
     # And the models themselves compile for PostgreSQL.
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     for table in Base.metadata.sorted_tables:
@@ -103,3 +104,68 @@ def test_every_child_table_has_a_run_id_index() -> None:
         if "run_id" in table.c:
             assert any(next(iter(ix.columns)).name == "run_id" for ix in table.indexes), table.name
         assert isinstance(table.c.id.type, (sa.Integer, sa.String))
+
+
+def _check_names(engine: sa.Engine) -> set[str]:
+    inspector = sa.inspect(engine)
+    return {ck["name"] for t in inspector.get_table_names() for ck in inspector.get_check_constraints(t)}
+
+
+def _models_check_names(tmp_path: Path) -> set[str]:
+    # The names the models' naming convention gives, as SQLAlchemy itself renders them.
+    engine = sa.create_engine(sqlite_url(tmp_path / "models.db"))
+    Base.metadata.create_all(engine)
+    try:
+        return _check_names(engine)
+    finally:
+        engine.dispose()
+
+
+_ROWS = {  # one row in the parent tables and in a child of each, to see that the rebuild keeps them
+    "runs": "INSERT INTO runs (id, name, status, method, task, he_enabled, num_clients, num_rounds, seed, config,"
+            " privacy_statement, created_at, last_complete_round, flags) VALUES ('r1', 'n', 'running', 'dp-opd',"
+            " 't', true, 1, 1, 0, '{}', 's', '2025-01-01 00:00:00', 0, '[]')",
+    "clients": "INSERT INTO clients (run_id, client_index, num_examples, teacher_provenance)"
+               " VALUES ('r1', 0, 5, 'dp')",
+    "metrics": "INSERT INTO metrics (run_id, name, value) VALUES ('r1', 'perplexity', 9.5)",
+    "audits": "INSERT INTO audits (run_id, kind, model, created_at, params, summary)"
+              " VALUES ('r1', 'exposure', 'student', '2025-01-01 00:00:00', '{}', '{}')",
+    "exposures": "INSERT INTO exposures (audit_id, canary_id, repetitions, log_perplexity_bits, exposure_rank, n_ref,"
+                 " extrapolated_is_bound) SELECT id, 'c0', 4, 1.0, 2.0, 16, false FROM audits",
+}
+
+
+def test_0002_fixes_check_constraint_names_and_keeps_rows(db_url: str, tmp_path: Path) -> None:
+    expected = _models_check_names(tmp_path)
+    assert "ck_runs_status" in expected and not any("_ck_" in n for n in expected)
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine, "0001")
+        assert "ck_runs_ck_runs_status" in _check_names(engine)  # the defect 0002 repairs
+        with engine.begin() as conn:
+            for sql in _ROWS.values():
+                conn.execute(sa.text(sql))
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+        assert _check_names(engine) == expected
+        with engine.connect() as conn:
+            for table in _ROWS:
+                assert conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one() == 1, table
+        # Renamed, not dropped: the constraints still hold, and so do the foreign keys' cascades.
+        with pytest.raises(sa.exc.IntegrityError, match="ck_runs_status"), engine.begin() as conn:
+            conn.execute(sa.text("UPDATE runs SET status = 'exploded'"))
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM runs"))
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM exposures")).scalar_one() == 0
+        assert check_models_match(engine) == []
+        downgrade(engine, "0001")
+        assert _check_names(engine) == {f"ck_{table}_{name}" for table, name in _split(expected)}
+    finally:
+        engine.dispose()
+
+
+def _split(names: set[str]) -> list[tuple[str, str]]:
+    """Pair each ``ck_<table>_<rest>`` with its table (longest table name first: ``client_events`` vs ``clients``)."""
+    tables = sorted(TABLES, key=len, reverse=True)
+    return [(next(t for t in tables if name.startswith(f"ck_{t}_")), name) for name in names]

@@ -89,3 +89,51 @@ def test_one_run_guesses() -> None:
     assert one_run_guesses(scores, included, 0, 3) == (3, 2)
     with pytest.raises(ValueError):
         one_run_guesses(scores, included, 4, 3)
+
+
+# -- audit power -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("m", "r", "delta"), [(32, 16, 0.0), (64, 64, 1e-5), (384, 192, 1e-5), (200, 100, 1e-3)])
+def test_one_run_power_is_the_largest_bound_over_every_outcome(m: int, r: int, delta: float) -> None:
+    """No number of correct guesses certifies more than the power, and a perfect attack reaches it."""
+    from privacy.audit.epsilon import one_run_power
+
+    power = one_run_power(m, r, delta)
+    bounds = [one_run_epsilon(m, r, v, delta) for v in range(0, r + 1, max(1, r // 16))] + [
+        one_run_epsilon(m, r, r, delta)]
+    assert max(bounds) == pytest.approx(power, rel=1e-9)
+    assert all(b <= power + 1e-9 for b in bounds)
+
+
+def test_one_run_power_of_the_old_default_and_the_new_design() -> None:
+    """32 canaries with m/4 guesses each way could never certify eps = 2; the design for 2 x 2 can."""
+    from privacy.audit.epsilon import one_run_canaries_for, one_run_power
+
+    assert one_run_power(32, 16, 1e-5) < 2.0
+    m = one_run_canaries_for(4.0, delta=1e-5, guess_fraction=0.5)
+    assert one_run_power(m, m // 2, 1e-5) >= 4.0 > one_run_power(m - 1, (m - 1) // 2, 1e-5)
+
+
+def test_clopper_pearson_power_bounds_every_attack() -> None:
+    """Power = the bound of the perfect confusion matrix, and no other matrix of the same sizes beats it."""
+    from privacy.audit.epsilon import clopper_pearson_power
+
+    n_in, n_out, alpha = 60, 50, 0.05 / 4 / 110
+    power = clopper_pearson_power(n_in, n_out, alpha)
+    assert power == pytest.approx(clopper_pearson_epsilon(n_in, 0, 0, n_out, alpha=alpha))
+    for tp, fp in itertools.product(range(0, n_in + 1, 6), range(0, n_out + 1, 5)):
+        assert clopper_pearson_epsilon(tp, n_in - tp, fp, n_out - fp, alpha=alpha) <= power + 1e-12
+    rng = np.random.default_rng(0)
+    members, nonmembers = rng.normal(3.0, 1.0, n_in), rng.normal(0.0, 1.0, n_out)
+    eps, _, _ = best_attack_epsilon(members, nonmembers, alpha=0.05 / 4)
+    thresholds = np.unique(np.concatenate([members, nonmembers])).size
+    assert eps <= clopper_pearson_power(n_in, n_out, 0.05 / 4 / thresholds) + 1e-12
+
+
+def test_power_note() -> None:
+    from privacy.audit.epsilon import power_note
+
+    assert power_note(1.58, 2.0) == "this audit cannot detect leaks above ε = 1.58 (claimed ε = 2.00)"
+    assert power_note(4.2, 2.0) is None
+    assert power_note(None, 2.0) is None and power_note(1.0, None) is None

@@ -19,6 +19,7 @@ from server.strategies.fedavg import PrivateFedAvg, RoundFailed, RoundLog
 from server.validation import weighted_mean
 
 SHAPES = {"w": (3, 4), "b": (4,)}
+DP = ConfigRecord({"dp": True, "accountant": "prv"})
 
 
 def _arrays(value: float) -> dict[str, np.ndarray]:
@@ -52,7 +53,8 @@ def strategy(tmp_path: Path) -> tuple[PrivateFedAvg, Store, str]:
     run_id = store.create_run(to_dict(load_config()), name="t", method="dp-sft", task="synthetic-text",
                               he_enabled=False, num_clients=6, num_rounds=1, seed=0)
     s = PrivateFedAvg(store=store, run_id=run_id, node_to_client={i: i for i in range(6)}, min_clients=2,
-                      max_payload_bytes=10_000, max_grad_norm=1.0)
+                      max_payload_bytes=10_000, max_grad_norm=1.0,
+                      num_examples={0: 10, 1: 30, 2: 10, 3: 10, 4: 10, 5: 10})  # weights fixed at hello
     s.spec = __import__("server.validation", fromlist=["ArraySpec"]).ArraySpec(dict(SHAPES))
     s.round = RoundLog(started_at=datetime.now(UTC), t0=0.0)
     s._sampled_nodes = set(range(6))
@@ -69,9 +71,12 @@ def test_bad_replies_are_rejected_and_round_goes_on(strategy: tuple[PrivateFedAv
     replies = [
         _good(0, 1.0, n=10),
         _good(1, 3.0, n=30),
-        _reply(2, RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in nan.items()}), "metrics": _metrics(2)})),
-        _reply(3, RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in wrong.items()}), "metrics": _metrics(3)})),
-        _reply(4, RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in big.items()}), "metrics": _metrics(4)})),
+        _reply(2, RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in nan.items()}), "metrics": _metrics(2),
+                              "privacy": DP})),
+        _reply(3, RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in wrong.items()}), "metrics": _metrics(3),
+                              "privacy": DP})),
+        _reply(4, RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in big.items()}), "metrics": _metrics(4),
+                              "privacy": DP})),
         _reply(5, error="PrivacyBudgetExhausted: round 4 would raise epsilon to 2.3 > budget 2.0; refusing"),
     ]
     with caplog.at_level("WARNING", logger="fedveil.server"):
@@ -105,7 +110,7 @@ def test_missing_reply_is_recorded_as_dropped(strategy: tuple[PrivateFedAvg, Sto
 def test_too_few_usable_replies_fail_the_round_cleanly(strategy: tuple[PrivateFedAvg, Store, str]) -> None:
     s, store, run_id = strategy
     s._sampled_nodes = {0, 1}
-    bad = _reply(1, RecordDict({"metrics": _metrics(1)}))  # no arrays at all
+    bad = _reply(1, RecordDict({"metrics": _metrics(1), "privacy": DP}))  # no arrays at all
     with pytest.raises(RoundFailed, match="1 usable replies, fewer than min_clients = 2"):
         s.aggregate_train(1, [_good(0, 1.0), bad])
     run = store.get_run(run_id)
@@ -118,7 +123,7 @@ def test_non_finite_metrics_are_rejected(strategy: tuple[PrivateFedAvg, Store, s
     s, store, run_id = strategy
     s._sampled_nodes = {0, 1, 2}
     inf = _reply(2, RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in _arrays(1.0).items()}),
-                                "metrics": _metrics(2, epsilon=float("inf"))}))
+                                "metrics": _metrics(2, epsilon=float("inf")), "privacy": DP}))
     s.aggregate_train(1, [_good(0, 1.0), _good(1, 1.0), inf])
     s.aggregate_evaluate(1, [])
     assert store.get_run(run_id)["events"][0]["reason"] == "metric 'epsilon' is not finite"
@@ -159,7 +164,7 @@ def test_tampered_ciphertext_is_rejected_by_he_strategy(tmp_path: Path) -> None:
             chunks[100:200] = 7  # garbled in transit
             wire["he.chunks"] = chunks
         replies.append(_reply(node, RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in wire.items()}),
-                                                "metrics": _metrics(node)})))
+                                                "metrics": _metrics(node), "privacy": DP})))
     arrays, _ = s.aggregate_train(1, replies)
     assert arrays is not None
     from client.he_client import decrypt_mean
