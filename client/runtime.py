@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app.typing import ConfigRecordValues, MetricRecordValues
 
 from client import he_client
 from privacy.dp import (
@@ -131,8 +132,8 @@ def parse_request(msg: Message, context: Context) -> Request:
 @dataclass
 class TrainResult:
     arrays: ArrayRecord
-    metrics: dict[str, float | int]
-    privacy: dict[str, str | float | int | bool]
+    metrics: dict[str, MetricRecordValues]
+    privacy: dict[str, ConfigRecordValues]
 
 
 def _data(node: NodeState, tokenizer: Any) -> TokenisedRecords:
@@ -145,7 +146,7 @@ def _data(node: NodeState, tokenizer: Any) -> TokenisedRecords:
                         prompt_length=cfg.distill.prompt_length)
         node.extra["data"] = (key, data)
         return data
-    return cached[1]  # type: ignore[no-any-return]
+    return cached[1]
 
 
 def _global_student(node: NodeState, request: Request) -> torch.nn.Module:
@@ -237,14 +238,14 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
     eps = ledger.epsilon(delta) if sigma else float("inf")
 
     arrays, he_metrics = he_client.encode_update(node, request, student, n)
-    metrics: dict[str, float | int] = {
+    metrics: dict[str, MetricRecordValues] = {
         "num-examples": n, "train-loss": float(np.mean(losses)) if losses else float("nan"),
         "epsilon": eps if np.isfinite(eps) else -1.0, "delta": delta, "noise-multiplier": sigma or 0.0,
         "sample-rate": q, "steps": ledger.steps, "round-steps": len(batches),
         "empty-batches": sum(1 for b in batches if len(b) == 0), "on-policy-steps": trainer.on_policy_steps,
         "partition-id": node.partition_id, **he_metrics,
     }
-    privacy: dict[str, str | float | int | bool] = {
+    privacy: dict[str, ConfigRecordValues] = {
         "accountant": cfg.privacy.accountant, "grad-sample-mode": session.mode,
         "teacher-provenance": provenance, "dp": sigma is not None,
     }
