@@ -30,7 +30,7 @@ from privacy.dp import (
 )
 from client.protocol import ProtocolError, require_config, require_int, require_str
 from distill.textdata import TokenisedRecords, client_texts, heldout_shard, public_corpus, tokenise, with_canaries
-from client.trainers import KDConfig, LMTrainer, OPDConfig, SFTConfig, TrainerConfig, heldout_nll, train_teacher
+from client.trainers import METHODS, LMTrainer, SFTConfig, TrainerConfig, heldout_nll, train_teacher
 from distill.loaders import load_text_records
 from distill.models import build_lm, pick_device
 from distill.tokenizer import tokenizer_from_json
@@ -182,15 +182,7 @@ def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedR
 
 def trainer_config(cfg: Config) -> TrainerConfig:
     """Map the run configuration to the trainer's own Config dataclass."""
-    d = cfg.distill
-    kd = dict(beta=d.beta, temperature=d.temperature, swing=d.swing, tau0=d.tau0, tau_max=d.tau_max,
-              noise_s0=d.noise_s0, noise_s1=d.noise_s1)
-    if cfg.train.method == "dp-sft":
-        return SFTConfig()
-    if cfg.train.method == "dp-kd":
-        return KDConfig(**kd)  # type: ignore[arg-type]
-    return OPDConfig(lam=d.lam, gen_temperature=d.gen_temperature, gen_length=d.gen_length,
-                     prompt_length=d.prompt_length, **kd)  # type: ignore[arg-type]
+    return METHODS[cfg.train.method](cfg.distill)
 
 
 def train_round(node: NodeState, request: Request, context: Context) -> TrainResult:
