@@ -51,7 +51,9 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> str:
             raise ValueError(f"run {run_id} is already completed; nothing to resume")
     else:
         method = cfg.fd.mode if cfg.data.task == "digits" else cfg.train.method
-        store.create_run(to_dict(cfg), run_id=run_id, name=cfg.run.name, method=method,
+        # The stored config never holds the store URL: it may carry credentials (issue 13 item 5).
+        stored_cfg = to_dict(cfg.replace(store=dataclasses.replace(cfg.store, url="")))
+        store.create_run(stored_cfg, run_id=run_id, name=cfg.run.name, method=method,
                          task=cfg.data.task, he_enabled=cfg.he.enabled, num_clients=cfg.federation.clients,
                          num_rounds=cfg.federation.rounds, seed=cfg.run.seed, run_dir=str(run_dir))
     t0 = time.perf_counter()

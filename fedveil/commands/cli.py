@@ -30,6 +30,7 @@ from fedveil.commands.common import (
     print_summary,
 )
 from fedveil.config import ConfigError, choices, load_config, reference_markdown, to_dict, to_run_config
+from fedveil.store import mask_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedveil: private federated distillation with DP-SGD, CKKS aggregation and leakage audits.")
@@ -60,7 +61,7 @@ def run(config: Path | None = typer.Option(None, "-c", "--config", help=CONFIG_H
     store = open_store(url)
     run_id = cfg.run.run_id
     console.print(f"[bold]fedveil run[/] {run_id}: {cfg.train.method}, {cfg.federation.clients} clients x "
-                  f"{cfg.federation.rounds} rounds, HE {'on' if cfg.he.enabled else 'off'}; store {url}")
+                  f"{cfg.federation.rounds} rounds, HE {'on' if cfg.he.enabled else 'off'}; store {mask_url(url)}")
     t0 = time.perf_counter()
     with PeakMemory() as mem:
         code = run_simulation(cfg, flwr_home=Path(cfg.run.run_dir) / ".flwr-home", stream=not quiet)
@@ -90,6 +91,8 @@ def _resume_config(run_id: str, db: str | None) -> Any:
     if stored["status"] == "completed":
         fail(f"run {run_id} is already completed; nothing to resume")
     cfg = from_dict(stored["config"])
+    # The stored config never holds the URL (credentials): resume writes to the store it was read from.
+    cfg = cfg.replace(store=dataclasses.replace(cfg.store, url=db_url(db)))
     console.print(f"resuming run {run_id} after round {stored['last_complete_round']} of {cfg.federation.rounds}")
     return cfg.replace(run=dataclasses.replace(cfg.run, run_id=run_id, resume=True))
 

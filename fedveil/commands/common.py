@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from fedveil.store import mask_url
 
 console = Console()
 err = Console(stderr=True)
@@ -48,7 +49,7 @@ def print_summary(result: dict[str, Any], url: str, wall: float, peak_mb: float)
     table = Table(title=f"run {r['id']} — {r['status']}")
     table.add_column("what")
     table.add_column("value", justify="right")
-    table.add_row("database", url)
+    table.add_row("database", mask_url(url))  # the only form of a store URL ever shown
     if ppl:
         last = max(ppl, key=lambda m: m["round"] or 0)
         table.add_row(f"final {last['name']} (round {last['round']})", f"{last['value']:.3f}")

@@ -55,3 +55,27 @@ def test_sqlite_store_and_its_directory_are_private(tmp_path: Path) -> None:
         assert stat.S_IMODE(loose.stat().st_mode) == 0o600  # an existing store of ours is tightened
     finally:
         os.umask(old)
+
+
+@pytest.mark.slow
+def test_run_never_shows_or_stores_a_query_string_password(tmp_path: Path) -> None:
+    """A real short run whose SQLite URL carries ``?password=``: not in output, nor in any stored row."""
+    import json
+
+    from tests.server.simtools import SMALL, _cli
+    tiny = SMALL.replace("rounds = 2", "rounds = 1").replace('method = "dp-opd"', 'method = "dp-sft"')
+    assert "rounds = 1" in tiny and "dp-sft" in tiny
+    (tmp_path / "tiny.toml").write_text(tiny)
+    secret = "pw-FAKE-q9"
+    url = f"sqlite:///{tmp_path / 'store.db'}?password={secret}"
+    proc = _cli("run", "-c", "tiny.toml", "--db", url, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "password=***" in proc.stdout  # the banner and summary show the masked form
+    assert secret not in proc.stdout + proc.stderr
+    with Store(url) as store:
+        (summary,) = store.list_runs()
+        run = store.get_run(summary["id"])
+    assert summary["status"] == "completed"
+    assert secret not in json.dumps(run, default=str)  # config row (show --format json, dashboard) included
+    shown = _cli("show", summary["id"], "--db", url, cwd=tmp_path)
+    assert shown.returncode == 0 and secret not in shown.stdout + shown.stderr
