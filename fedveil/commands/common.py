@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from fedveil.store import mask_url
 
 console = Console()
