@@ -20,6 +20,7 @@ import time
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.app.typing import MetricRecordValues
 
 from client import runtime
 from client.protocol import echo_nonce, require_config
@@ -79,7 +80,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     node = runtime.NodeState.from_context(context)
     request = runtime.parse_request(msg, context)
     nll, tokens = runtime.evaluate_global(node, request)
-    values: dict[str, int | float] = {"num-examples": max(tokens, 1), "nll-sum": nll, "tokens": tokens}
+    values: dict[str, MetricRecordValues] = {"num-examples": max(tokens, 1), "nll-sum": nll, "tokens": tokens}
     for key in ("he-verify-error", "he-decrypt-s"):  # measured while decrypting the encrypted aggregate
         if key in node.extra:
             values[key] = float(node.extra[key])

@@ -198,8 +198,8 @@ def audit_node(node: runtime.NodeState, context: Context, request: runtime.Reque
     own = node.texts()
     ledger = dict(context.state.config_records["ledger"]) if "ledger" in context.state.config_records else None
     n_train = len(with_canaries(cfg, pid, own, tokenizer))
-    result = measure_node(cfg, tokenizer, pid, models, own, steps=dp_steps_taken(cfg, ledger),  # type: ignore[arg-type]
-                          delta=audit_delta(cfg, ledger, n_train), kinds=kinds, device=node.device)  # type: ignore[arg-type]
+    result = measure_node(cfg, tokenizer, pid, models, own, steps=dp_steps_taken(cfg, ledger),
+                          delta=audit_delta(cfg, ledger, n_train), kinds=kinds, device=node.device)
     result["meta"]["saved_checkpoints"] = saved
     return result
 

@@ -66,7 +66,7 @@ def decrypt_mean(node: Any, arrays: ArrayRecord) -> dict[str, np.ndarray]:
 def global_state(node: Any, request: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Plaintext global weights, decrypting the encrypted aggregate when needed."""
     if not is_encrypted(request.arrays):
-        return request.arrays.to_torch_state_dict()  # type: ignore[no-any-return]
+        return request.arrays.to_torch_state_dict()
     reference = model.state_dict()
     mean = decrypt_mean(node, request.arrays)
     if set(mean) != set(reference):

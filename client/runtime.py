@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app.typing import ConfigRecordValues, MetricRecordValues
 
 from client import he_client
 from privacy.dp.randomness import noise_source, reproducible_key
@@ -30,7 +31,7 @@ from privacy.dp import (
 )
 from client.protocol import ProtocolError, require_config, require_int, require_str
 from distill.textdata import TokenisedRecords, client_texts, heldout_shard, public_corpus, tokenise, with_canaries
-from client.trainers import KDConfig, LMTrainer, OPDConfig, SFTConfig, TrainerConfig, heldout_nll, train_teacher
+from client.trainers import METHODS, LMTrainer, SFTConfig, TrainerConfig, heldout_nll, train_teacher
 from distill.loaders import load_text_records
 from distill.models import build_lm, pick_device
 from distill.tokenizer import tokenizer_from_json
@@ -132,8 +133,8 @@ def parse_request(msg: Message, context: Context) -> Request:
 @dataclass
 class TrainResult:
     arrays: ArrayRecord
-    metrics: dict[str, float | int]
-    privacy: dict[str, str | float | int | bool]
+    metrics: dict[str, MetricRecordValues]
+    privacy: dict[str, ConfigRecordValues]
 
 
 def _data(node: NodeState, tokenizer: Any) -> TokenisedRecords:
@@ -146,7 +147,7 @@ def _data(node: NodeState, tokenizer: Any) -> TokenisedRecords:
                         prompt_length=cfg.distill.prompt_length)
         node.extra["data"] = (key, data)
         return data
-    return cached[1]  # type: ignore[no-any-return]
+    return cached[1]
 
 
 def _global_student(node: NodeState, request: Request) -> torch.nn.Module:
@@ -182,15 +183,7 @@ def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedR
 
 def trainer_config(cfg: Config) -> TrainerConfig:
     """Map the run configuration to the trainer's own Config dataclass."""
-    d = cfg.distill
-    kd = dict(beta=d.beta, temperature=d.temperature, swing=d.swing, tau0=d.tau0, tau_max=d.tau_max,
-              noise_s0=d.noise_s0, noise_s1=d.noise_s1)
-    if cfg.train.method == "dp-sft":
-        return SFTConfig()
-    if cfg.train.method == "dp-kd":
-        return KDConfig(**kd)  # type: ignore[arg-type]
-    return OPDConfig(lam=d.lam, gen_temperature=d.gen_temperature, gen_length=d.gen_length,
-                     prompt_length=d.prompt_length, **kd)  # type: ignore[arg-type]
+    return METHODS[cfg.train.method](cfg.distill)
 
 
 def train_round(node: NodeState, request: Request, context: Context) -> TrainResult:
@@ -242,14 +235,14 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
     eps = ledger.epsilon(delta) if sigma else float("inf")
 
     arrays, he_metrics = he_client.encode_update(node, request, student, n)
-    metrics: dict[str, float | int] = {
+    metrics: dict[str, MetricRecordValues] = {
         "num-examples": n, "train-loss": float(np.mean(losses)) if losses else float("nan"),
         "epsilon": eps if np.isfinite(eps) else -1.0, "delta": delta, "noise-multiplier": sigma or 0.0,
         "sample-rate": q, "steps": ledger.steps, "round-steps": len(batches),
         "empty-batches": sum(1 for b in batches if len(b) == 0), "on-policy-steps": trainer.on_policy_steps,
         "partition-id": node.partition_id, **he_metrics,
     }
-    privacy: dict[str, str | float | int | bool] = {
+    privacy: dict[str, ConfigRecordValues] = {
         "accountant": cfg.privacy.accountant, "grad-sample-mode": session.mode,
         "teacher-provenance": provenance, "dp": sigma is not None,
     }

@@ -7,11 +7,15 @@ indices; all of them run through the one DP-SGD loop in :mod:`privacy.dp`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from fedveil.config import DistillConfig
+from fedveil.registry import Registry
 from privacy.dp import DPSession
 from distill.textdata import TokenisedRecords, record_prompt_length
 from distill.losses import causal_lm_ce, generalized_jsd, swing_kd_loss
@@ -53,6 +57,21 @@ class OPDConfig(KDConfig):
 
 
 TrainerConfig = SFTConfig | KDConfig | OPDConfig
+
+# train.method: name -> the trainer Config built from the run's `distill` section. A new method is its Config
+# dataclass, its branch of LMTrainer.loss and one registration here.
+METHODS: Registry[Callable[[DistillConfig], TrainerConfig]] = Registry("train.method")
+
+
+def _kd_settings(d: DistillConfig) -> dict[str, Any]:
+    return dict(beta=d.beta, temperature=d.temperature, swing=d.swing, tau0=d.tau0, tau_max=d.tau_max,
+                noise_s0=d.noise_s0, noise_s1=d.noise_s1)
+
+
+METHODS.add("dp-sft", lambda d: SFTConfig())
+METHODS.add("dp-kd", lambda d: KDConfig(**_kd_settings(d)))
+METHODS.add("dp-opd", lambda d: OPDConfig(lam=d.lam, gen_temperature=d.gen_temperature, gen_length=d.gen_length,
+                                          prompt_length=d.prompt_length, **_kd_settings(d)))
 
 
 def _forward(module: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:

@@ -103,5 +103,5 @@ def fingerprint(url: str, run_id: str | None = None) -> tuple[Any, ...]:
 
 def clear_caches() -> None:
     """Forget cached query results (not the open store) so the next read sees new rows."""
-    load_runs.clear()  # type: ignore[attr-defined]
-    load_run.clear()  # type: ignore[attr-defined]
+    load_runs.clear()
+    load_run.clear()

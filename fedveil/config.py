@@ -251,6 +251,19 @@ def _fields(section: str) -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(SECTIONS[section])}
 
 
+def choices(key: str) -> tuple[Any, ...]:
+    """The values ``key`` (``"section.field"``) accepts; empty when it is not a choice.
+
+    The registries that implement these names (``tests/test_registries.py``) must hold exactly these keys.
+    """
+    section, _, name = key.partition(".")
+    try:
+        f = _fields(section)[name]
+    except KeyError:
+        raise ConfigError(f"unknown configuration key {key!r}") from None
+    return tuple(f.metadata.get("choices") or ())
+
+
 def _describe(f: dataclasses.Field[Any]) -> str:
     m = f.metadata
     if m.get("choices"):

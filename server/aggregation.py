@@ -20,10 +20,19 @@ from collections.abc import Callable
 import numpy as np
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
+from fedveil.registry import Registry
 from server.validation import weighted_mean
 
 Update = dict[str, np.ndarray]
-AGGREGATORS = ("mean", "median", "trimmed-mean")
+Aggregate = Callable[[list[tuple[Update, float]]], Update]
+# federation.aggregator: name -> factory(trim_fraction) of the aggregation function.
+AGGREGATORS: Registry[Callable[[float], Aggregate]] = Registry("federation.aggregator")
+AGGREGATORS.add("mean", lambda _trim: weighted_mean)
+
+
+@AGGREGATORS.register("median")
+def _median(_trim: float) -> Aggregate:
+    return median
 
 
 def median(updates: list[tuple[Update, float]]) -> Update:
@@ -33,7 +42,8 @@ def median(updates: list[tuple[Update, float]]) -> Update:
             for k in first}
 
 
-def trimmed(trim_fraction: float) -> Callable[[list[tuple[Update, float]]], Update]:
+@AGGREGATORS.register("trimmed-mean")
+def trimmed(trim_fraction: float) -> Aggregate:
     """Coordinate-wise trimmed mean cutting at least one value at each end (needs 3 or more replies)."""
     def aggregate(updates: list[tuple[Update, float]]) -> Update:
         n = len(updates)
@@ -47,12 +57,6 @@ def trimmed(trim_fraction: float) -> Callable[[list[tuple[Update, float]]], Upda
     return aggregate
 
 
-def aggregator(name: str, trim_fraction: float = 0.2) -> Callable[[list[tuple[Update, float]]], Update]:
-    """The aggregation function registered under ``name``."""
-    if name == "mean":
-        return weighted_mean
-    if name == "median":
-        return median
-    if name == "trimmed-mean":
-        return trimmed(trim_fraction)
-    raise ValueError(f"unknown aggregator {name!r}; expected one of {', '.join(AGGREGATORS)}")
+def aggregator(name: str, trim_fraction: float = 0.2) -> Aggregate:
+    """The aggregation function registered under ``name`` (an unknown name is a ValueError listing the allowed)."""
+    return AGGREGATORS[name](trim_fraction)

@@ -95,7 +95,8 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
 
     common: dict[str, Any] = {"tokenizer-sha256": hashlib.sha256(tok_json.encode()).hexdigest(),
                               "he-scale": float(max(total_examples, 1))}
-    kwargs = dict(store=store, run_id=run_id, node_to_client=node_to_client, min_clients=fed.min_clients,
+    kwargs: dict[str, Any] = dict(
+                  store=store, run_id=run_id, node_to_client=node_to_client, min_clients=fed.min_clients,
                   max_payload_bytes=int(fed.max_payload_mb * 2**20), max_grad_norm=cfg.privacy.max_grad_norm,
                   fraction_train=fed.fraction_train, round_offset=done, checkpoint=checkpoint,
                   num_examples=num_examples, policy=ReplyPolicy.of(cfg, local_steps=cfg.train.local_steps),
@@ -105,9 +106,9 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     if cfg.he.enabled:
         from server.strategies.he_fedavg import HEFedAvg
         template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-        strategy = HEFedAvg(cfg=cfg, run_dir=run_dir, template=template, **kwargs)  # type: ignore[arg-type]
+        strategy = HEFedAvg(cfg=cfg, run_dir=run_dir, template=template, **kwargs)
     else:
-        strategy = PrivateFedAvg(**kwargs)  # type: ignore[arg-type]
+        strategy = PrivateFedAvg(**kwargs)
     per_round = round_audit_fn(cfg, store, run_id, tokenizer)  # None unless audit.every_round (and HE off)
     evaluate_fn = None if per_round is None else (lambda r, arrays: per_round(r + done, arrays))
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds - done, timeout=fed.round_timeout,
@@ -116,7 +117,8 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     final = result.arrays
     if final is not None and cfg.he.enabled:  # under HE the server holds only ciphertext: keep that
         blob = run_dir / "global-encrypted.npz"
-        np.savez(blob, **{k.replace(".", "_"): v.numpy() for k, v in final.items()})
+        blobs: dict[str, Any] = {k.replace(".", "_"): v.numpy() for k, v in final.items()}
+        np.savez(blob, **blobs)
         store.add_artifact(run_id, "global-student-encrypted", str(blob))
     elif final is not None:
         model.load_state_dict(final.to_torch_state_dict())

@@ -29,7 +29,7 @@ from fedveil.commands.common import (
     open_store,
     print_summary,
 )
-from fedveil.config import ConfigError, load_config, reference_markdown, to_dict, to_run_config
+from fedveil.config import ConfigError, choices, load_config, reference_markdown, to_dict, to_run_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="fedveil: private federated distillation with DP-SGD, CKKS aggregation and leakage audits.")
@@ -228,7 +228,7 @@ _register_deploy()
 @keys_app.command("init")
 def keys_init(out: Path = typer.Option(..., "--out", help="directory for secret.ctx, public.ctx, manifest.json"),
               profile: str = typer.Option("compact", "--profile",
-                                          help="CKKS profile: compact or conservative")) -> None:
+                                          help="CKKS profile: " + ", ".join(choices("he.profile")))) -> None:
     """Create the clients' secret CKKS context and the server's public one (files 0600)."""
     from privacy.he.errors import KeyMaterialError
     from privacy.he.keys import write_keys

@@ -6,19 +6,34 @@ can all share one home for the ε arithmetic. Opacus is imported inside the func
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-ACCOUNTANTS = ("prv", "rdp")
+from fedveil.registry import Registry
+
+# privacy.accountant: name -> a fresh Opacus accountant (imported lazily: the server needs no Opacus to read a ledger).
+ACCOUNTANTS: Registry[Callable[[], Any]] = Registry("privacy.accountant")
+
+
+@ACCOUNTANTS.register("prv")
+def _prv() -> Any:
+    from opacus.accountants import PRVAccountant
+
+    return PRVAccountant()
+
+
+@ACCOUNTANTS.register("rdp")
+def _rdp() -> Any:
+    from opacus.accountants import RDPAccountant
+
+    return RDPAccountant()
 
 
 def _accountant(name: str) -> Any:
-    from opacus.accountants import PRVAccountant, RDPAccountant
-
-    return {"prv": PRVAccountant, "rdp": RDPAccountant}[name]()
+    return ACCOUNTANTS[name]()
 
 
 class PrivacyBudgetExhausted(RuntimeError):

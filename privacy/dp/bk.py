@@ -250,7 +250,7 @@ class BKModule(nn.Module):
                 for pname, s in rule.samples(m, a, g).items():
                     pid = id(params[pname]) if pname in params else None
                     if pid in shared:
-                        tied[pid] = tied[pid] + s if pid in tied else s  # type: ignore[index]
+                        tied[pid] = tied[pid] + s if pid in tied else s
         for s in tied.values():
             norm2 += s.pow(2).flatten(1).sum(1).to(torch.float64)
         norms = norm2.sqrt()

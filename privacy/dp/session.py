@@ -87,7 +87,7 @@ class DPSession:
         elif self.mode == "ghost":
             from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
-            DPTensorFastGradientClipping(self.module, self.optimizer, loss_per_example, "mean").backward()  # type: ignore[arg-type]
+            DPTensorFastGradientClipping(self.module, self.optimizer, loss_per_example, "mean").backward()
         else:
             loss_per_example.mean().backward()
         self.optimizer.step()

@@ -44,6 +44,8 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
+from fedveil.registry import Registry
+
 #: Largest total coefficient-modulus bit count for 128-bit classical security
 #: (HomomorphicEncryption.org standard, the table SEAL enforces).
 MAX_COEFF_BITS_128: Final[dict[int, int]] = {
@@ -138,15 +140,17 @@ class HEProfile:
         return sum(self.coeff_mod_bit_sizes)
 
 
-PROFILES: Final[dict[str, HEProfile]] = {
-    "compact": HEProfile(
+# he.profile: name -> CKKS parameters (one registration per profile).
+PROFILES: Final[Registry[HEProfile]] = Registry("he.profile")
+for _profile in (
+    HEProfile(
         name="compact",
         poly_modulus_degree=4096,
         coeff_mod_bit_sizes=(32, 32),
         global_scale_bits=30,
         value_bound=1.0,
     ),
-    "compact-seeded": HEProfile(
+    HEProfile(
         name="compact-seeded",
         poly_modulus_degree=4096,
         coeff_mod_bit_sizes=(32, 32),
@@ -154,14 +158,15 @@ PROFILES: Final[dict[str, HEProfile]] = {
         value_bound=1.0,
         seeded_symmetric=True,
     ),
-    "conservative": HEProfile(
+    HEProfile(
         name="conservative",
         poly_modulus_degree=8192,
         coeff_mod_bit_sizes=(60, 40, 40),
         global_scale_bits=40,
         value_bound=float(2**20),
     ),
-}
+):
+    PROFILES.add(_profile.name, _profile)
 
 
 def get_profile(name: str) -> HEProfile:

@@ -26,6 +26,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedveil.wire import as_float, as_int, float_or, str_or
 from fedveil.store import EventRow, HERow, LedgerRow, MetricRow, Store
 from server import aggregation
 from server.validation import (
@@ -55,7 +56,7 @@ def _renumber(messages: Iterable[Message], offset: int) -> list[Message]:
     if offset:
         for msg in out:
             conf = msg.content.config_records["config"]
-            conf["server-round"] = int(conf["server-round"]) + offset  # type: ignore[call-overload]
+            conf["server-round"] = as_int(conf, "server-round") + offset
     return out
 
 
@@ -63,7 +64,8 @@ def save_arrays(arrays: ArrayRecord, path: Path, server_round: int) -> None:
     """Atomically write the global state (plaintext weights or ciphertext bytes) after a round."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, **{f"a:{k}": v.numpy() for k, v in arrays.items()}, __round__=np.array([server_round]))
+        blobs: dict[str, Any] = {f"a:{k}": v.numpy() for k, v in arrays.items()}
+        np.savez(fh, **blobs, __round__=np.array([server_round]))
     os.replace(tmp, path)
 
 
@@ -239,9 +241,9 @@ class PrivateFedAvg(FedAvg):
         arrays = self.combine(server_round, accepted)
         self.round.metrics.append(MetricRow("aggregate-seconds", time.perf_counter() - t0, server_round))
         n = [float(self.weight_of(msg)) for msg, _, _ in accepted]
-        loss = [float(m.get("train-loss", float("nan"))) for _, _, m in accepted]
+        loss = [float_or(m, "train-loss", float("nan")) for _, _, m in accepted]
         agg = MetricRecord({"train-loss": float(np.average(loss, weights=n)), "clients": len(accepted)})
-        self.round.metrics.append(MetricRow("train-loss", float(agg["train-loss"]), server_round))
+        self.round.metrics.append(MetricRow("train-loss", as_float(agg, "train-loss"), server_round))
         self._latest = arrays
         return arrays, agg
 
@@ -249,10 +251,10 @@ class PrivateFedAvg(FedAvg):
         assert self.round is not None
         node = self.nodes[msg.metadata.src_node_id]  # check_ledger made sure the reply agrees with it
         client = node.client
-        node.steps, node.epsilon = int(m["steps"]), max(node.epsilon, float(m["epsilon"]))  # type: ignore[arg-type]
+        node.steps, node.epsilon = as_int(m, "steps"), max(node.epsilon, as_float(m, "epsilon"))
         for key in CLIENT_METRICS:
             if key in m:
-                self.round.metrics.append(MetricRow(key, float(m[key]), server_round, client))  # type: ignore[arg-type]
+                self.round.metrics.append(MetricRow(key, as_float(m, key), server_round, client))
         priv = msg.content.config_records.get("privacy", ConfigRecord())
         provenance = priv.get("teacher-provenance")
         if isinstance(provenance, str) and client not in self._provenance_recorded:
@@ -263,10 +265,10 @@ class PrivateFedAvg(FedAvg):
             self._provenance_recorded.add(client)
         if bool(priv.get("dp", False)):
             self.round.ledger.append(LedgerRow(
-                client_index=client, epsilon=float(m["epsilon"]), delta=float(m["delta"]),  # type: ignore[arg-type]
-                noise_multiplier=float(m["noise-multiplier"]), sample_rate=float(m["sample-rate"]),  # type: ignore[arg-type]
-                steps=int(m["steps"]), accountant=str(priv.get("accountant", "prv")),  # type: ignore[call-overload]
-                max_grad_norm=self.max_grad_norm, grad_sample_mode=str(priv.get("grad-sample-mode", "")),
+                client_index=client, epsilon=as_float(m, "epsilon"), delta=as_float(m, "delta"),
+                noise_multiplier=as_float(m, "noise-multiplier"), sample_rate=as_float(m, "sample-rate"),
+                steps=as_int(m, "steps"), accountant=str_or(priv, "accountant", "prv"),
+                max_grad_norm=self.max_grad_norm, grad_sample_mode=str_or(priv, "grad-sample-mode", ""),
                 server_round=server_round))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -278,14 +280,15 @@ class PrivateFedAvg(FedAvg):
             if _superlink_unavailable(msg):
                 continue
             if msg.has_error():
-                self._event(server_round, msg, "failed", f"evaluate: {msg.error.reason.strip()[-300:]}")
+                reason = (msg.error.reason or "unknown error").strip()[-300:]
+                self._event(server_round, msg, "failed", f"evaluate: {reason}")
                 continue
             try:
                 m = check_metrics(msg, ("nll-sum", "tokens"))
             except RejectedReply as exc:
                 self._event(server_round, msg, "rejected", f"evaluate: {exc}")
                 continue
-            c_nll, c_tok = float(m["nll-sum"]), int(m["tokens"])  # type: ignore[call-overload]
+            c_nll, c_tok = as_float(m, "nll-sum"), as_int(m, "tokens")
             nll, tokens = nll + c_nll, tokens + c_tok
             if c_tok:
                 client = self.client_of(msg)

@@ -48,6 +48,7 @@ class HEFedAvg(PrivateFedAvg):
 
     def __init__(self, *, cfg: Config, run_dir: Path, template: dict[str, np.ndarray], **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._pending_server_row: HERow | None = None  # the aggregate's HE row, completed after evaluate
         if not cfg.he.key_dir:
             raise FileNotFoundError("he.enabled is true but he.key_dir is empty: create keys with "
                                     "`fedveil keys init --out DIR` and set he.key_dir (fedveil run does this)")
@@ -107,7 +108,7 @@ class HEFedAvg(PrivateFedAvg):
         decrypt = [float(r.content.metric_records["metrics"]["he-decrypt-s"]) for r in replies  # type: ignore[arg-type]
                    if not r.has_error() and "metrics" in r.content.metric_records
                    and "he-decrypt-s" in r.content.metric_records["metrics"]]
-        row = getattr(self, "_pending_server_row", None)
+        row = self._pending_server_row
         if row is not None and self.round is not None:
             self.round.he.append(HERow(
                 profile=row.profile, bytes_sent=row.bytes_sent, client_index=None,
