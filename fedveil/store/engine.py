@@ -81,10 +81,16 @@ def normalise_url(url: str | os.PathLike[str]) -> str:
     return text
 
 
-def mask_url(url: str | URL) -> str:
-    """Render a URL for messages with its password replaced by ``***``.
+# Query-string credentials (``?password=...``) that SQLAlchemy's hide_password leaves in place.
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|pass|secret|token)=)[^&#]*", re.IGNORECASE)
 
-    Works on strings that SQLAlchemy cannot parse, too.
+
+def mask_url(url: str | URL) -> str:
+    """Render a URL for messages with every password replaced by ``***``.
+
+    Masks the user-info password (``user:***@host``) and query-string credentials
+    (``?password=***``). Works on strings that SQLAlchemy cannot parse, too. This is the
+    only form of a store URL that may be printed, logged, stored or shown.
 
     Parameters
     ----------
@@ -94,14 +100,16 @@ def mask_url(url: str | URL) -> str:
     Returns
     -------
     str
-        The URL without its password.
+        The URL without its passwords.
     """
     if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except (sa.exc.ArgumentError, ValueError):
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        text = url.render_as_string(hide_password=True)
+    else:
+        try:
+            text = sa.make_url(url).render_as_string(hide_password=True)
+        except (sa.exc.ArgumentError, ValueError):
+            text = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return _QUERY_SECRET.sub(r"\1***", text)
 
 
 def one_line(exc: BaseException) -> str:
@@ -156,13 +164,15 @@ def make_engine(
             kwargs["poolclass"] = StaticPool
             kwargs["connect_args"] = {"check_same_thread": False}
         elif parsed.database and not parsed.database.startswith("file:"):
-            parent = Path(parsed.database).expanduser().resolve().parent
+            path = Path(parsed.database).expanduser().resolve()
+            parent = path.parent
             try:
-                parent.mkdir(parents=True, exist_ok=True)
+                parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # The store holds canary secrets: the file is the owner's only (SQLite gives its
+                # -wal/-shm files the main file's mode). An existing file is tightened too.
+                _private_file(path)
             except OSError as exc:
-                raise StoreError(
-                    f"cannot open store {shown}: cannot create directory {parent}: {one_line(exc)}"
-                ) from exc
+                raise StoreError(f"cannot open store {shown}: cannot create {path}: {one_line(exc)}") from exc
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except ModuleNotFoundError as exc:
@@ -176,6 +186,16 @@ def make_engine(
     if is_sqlite:
         _configure_sqlite(engine, busy_timeout_ms=busy_timeout_ms, wal=not is_sqlite_memory(parsed))
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` with mode 0600, or tighten an existing file of ours to 0600."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        st = path.stat()
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            path.chmod(0o600)
 
 
 def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int, wal: bool) -> None:
