@@ -32,6 +32,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from privacy.dp import Ledger, PrivacyBudgetExhausted
+from privacy.dp.randomness import noise_source, reproducible_key
 from client.fd_train import DigitsNode, dp_plan, fit_filter, load_node, train_classifier
 from client.protocol import ProtocolError, echo_nonce, require_config, require_int
 from distill.classifier import MLPClassifier, accuracy, make_classifier, predict_logits
@@ -237,7 +238,10 @@ def handle_train(msg: Message, context: Context) -> Message:
     plan = dp_plan(cfg, len(node.data.y))
     epochs = cfg.fd.warmup_epochs if first else cfg.fd.local_epochs
     proxy = (node.task.X_proxy[kept], targets) if len(kept) else None
-    result = train_classifier(model, node, epochs, plan, ledger, proxy, rng, seed, server_round)
+    # DP noise and Poisson batches: node-local OS entropy unless the test switch asks (docs/METHODS.md §2).
+    noise = noise_source(reproducible=reproducible_key("digits", cfg.run.seed, node.partition_id, server_round)
+                         if cfg.privacy.reproducible_noise else None)
+    result = train_classifier(model, node, epochs, plan, ledger, proxy, rng, noise, server_round)
 
     context.state.config_records["ledger"] = ConfigRecord(ledger.state_dict())  # type: ignore[arg-type]
     context.state.config_records["fd-state"] = ConfigRecord({"last-round": server_round})

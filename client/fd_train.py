@@ -19,6 +19,7 @@ import numpy.typing as npt
 import torch
 from flwr.app import Context
 
+from privacy.dp.randomness import NoiseSource
 from privacy.dp import (
     DPPlan,
     DPSession,
@@ -105,7 +106,7 @@ def dp_plan(cfg: Config, n_records: int) -> DPPlan | None:
 
 def _dp_epochs(model: torch.nn.Module, node: DigitsNode, epochs: int, plan: DPPlan, ledger: Ledger,
                proxy: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None,
-               rng: np.random.Generator, seed: int) -> tuple[list[float], int, str]:
+               rng: np.random.Generator, noise: NoiseSource) -> tuple[list[float], int, str]:
     """DP-SGD steps on ``CE(private) + μ·τ²·KL(proxy)`` where only the private part is clipped and noised (§2, §6).
 
     The private CE of a Poisson batch goes through DP-SGD (clip, sum, Gaussian noise, /B).  The
@@ -118,9 +119,9 @@ def _dp_epochs(model: torch.nn.Module, node: DigitsNode, epochs: int, plan: DPPl
     X = torch.as_tensor(node.data.X, dtype=torch.float32)
     y = torch.as_tensor(node.data.y, dtype=torch.int64)
     per_epoch = math.ceil(len(y) / fd.batch_size)
-    gen = torch.Generator().manual_seed(seed)
     session = DPSession(model, lr=fd.lr, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-                        expected_batch_size=fd.batch_size, mode=cfg.privacy.grad_sample_mode, generator=gen)
+                        expected_batch_size=fd.batch_size, mode=cfg.privacy.grad_sample_mode,
+                        generator=noise.generator)
     if proxy is not None:
         Xp = torch.as_tensor(proxy[0], dtype=torch.float32)
         Tp = torch.as_tensor(proxy[1], dtype=torch.float32)
@@ -147,7 +148,7 @@ def _dp_epochs(model: torch.nn.Module, node: DigitsNode, epochs: int, plan: DPPl
         ix = torch.as_tensor(idx)
         return torch.nn.functional.cross_entropy(session.module(X[ix]), y[ix], reduction="none")
 
-    batches = poisson_batches(len(y), plan.sample_rate, epochs * per_epoch, rng)
+    batches = poisson_batches(len(y), plan.sample_rate, epochs * per_epoch, noise.rng)
     losses = run_dp_steps(session, batches, loss_fn, ledger, plan.sample_rate)
     session.close()
     return losses, sum(1 for b in batches if len(b) == 0), session.mode
@@ -155,7 +156,7 @@ def _dp_epochs(model: torch.nn.Module, node: DigitsNode, epochs: int, plan: DPPl
 
 def train_classifier(model: torch.nn.Module, node: DigitsNode, epochs: int, plan: DPPlan | None, ledger: Ledger,
                      proxy: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | None,
-                     rng: np.random.Generator, seed: int, server_round: int) -> RoundOutcome:
+                     rng: np.random.Generator, noise: NoiseSource, server_round: int) -> RoundOutcome:
     """``epochs`` local epochs: CE on private data, plus ``μ·τ²·KL`` on voted proxy samples when given (§6).
 
     Raises
@@ -189,7 +190,7 @@ def train_classifier(model: torch.nn.Module, node: DigitsNode, epochs: int, plan
             raise PrivacyBudgetExhausted(
                 f"round {server_round} would raise epsilon to {eps:.3f} > budget {plan.target_epsilon} "
                 f"({ledger.steps} steps already taken); refusing")
-        losses, empty, mode = _dp_epochs(model, node, epochs, plan, ledger, proxy, rng, seed)
+        losses, empty, mode = _dp_epochs(model, node, epochs, plan, ledger, proxy, rng, noise)
     metrics = {"epsilon": eps, "delta": plan.delta, "noise-multiplier": plan.noise_multiplier,
                "sample-rate": plan.sample_rate, "steps": ledger.steps, "round-steps": round_steps,
                "empty-batches": empty}

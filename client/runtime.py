@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.app.typing import ConfigRecordValues, MetricRecordValues
 
 from client import he_client
+from privacy.dp.randomness import noise_source, reproducible_key
 from privacy.dp import (
     DPSession,
     Ledger,
@@ -216,12 +217,16 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
                 f"round {request.server_round} would raise epsilon to {projected:.3f} > budget "
                 f"{cfg.privacy.target_epsilon} ({ledger.steps} steps already taken); refusing")
 
-    gen = torch.Generator(device=node.device).manual_seed(seed)
+    gen = torch.Generator(device=node.device).manual_seed(seed)  # rollouts: seeded, not the mechanism
+    # The mechanism's noise and batches: node-local OS entropy unless the test switch asks (docs/METHODS.md §2).
+    noise = noise_source(node.device, reproducible=reproducible_key(seed_key) if cfg.privacy.reproducible_noise
+                         else None)
     trainer = LMTrainer(tconf, data, teacher=teacher, tokenizer=request.tokenizer, device=node.device,
                         generator=gen, rng=rng)
     session = DPSession(student, lr=cfg.train.lr, noise_multiplier=sigma, max_grad_norm=cfg.privacy.max_grad_norm,
-                        expected_batch_size=cfg.train.batch_size, mode=cfg.privacy.grad_sample_mode, generator=gen)
-    batches = poisson_batches(n, q, cfg.train.local_steps, rng)
+                        expected_batch_size=cfg.train.batch_size, mode=cfg.privacy.grad_sample_mode,
+                        generator=noise.generator)
+    batches = poisson_batches(n, q, cfg.train.local_steps, noise.rng)
     losses = run_dp_steps(session, batches, lambda idx: trainer.loss(session, idx), ledger if sigma else None, q)
     student = session.close()
     # The node's last local student, kept for the end-of-run audit (never sent anywhere else).

@@ -133,6 +133,8 @@ class PrivacyConfig:
     accountant: str = _opt("prv", "privacy accountant", choices=("prv", "rdp"))
     grad_sample_mode: str = _opt("ghost", "per-example clipping: bk (book-keeping, one backward pass), ghost or "
                                  "hooks (Opacus)", choices=("bk", "ghost", "hooks"))
+    reproducible_noise: bool = _opt(False, "TESTS/BENCHMARKS ONLY: seed DP noise and Poisson sampling from the run "
+                                    "seed (not private against the server; the statement says so)")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from distill.digits import digits_clients
 from fedveil.config import Config
 from fedveil.store import Store
 from server.nodes import greet, register, wait_for_nodes
+from server.statement import REPRODUCIBLE_NOISE_LINE
 from server.strategies.fd import SoftLabelFD
 from server.validation import ReplyPolicy
 
@@ -50,6 +51,8 @@ def digits_privacy_statement(cfg: Config, ledger: Mapping[int, Mapping[str, Any]
                      "local epochs, ceil(n/B) steps per epoch, sigma fixed before round 1).")
         lines.append("Unit protected: one private record of one client, against everyone who sees what that "
                      "client shares (the server, the other clients).")
+        if p.reproducible_noise:
+            lines.append(REPRODUCIBLE_NOISE_LINE)
         for client in sorted(ledger):
             e = ledger[client]
             lines.append(f"Client {client}: epsilon = {e['epsilon']:.3f} at delta = {e['delta']:.1e} "

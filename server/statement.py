@@ -11,6 +11,11 @@ from typing import Any
 
 from fedveil.config import Config
 
+#: Said by every run whose DP noise was seeded from public values (privacy.reproducible_noise, docs/METHODS.md §2).
+REPRODUCIBLE_NOISE_LINE = ("NOT PRIVATE AGAINST THE SERVER: privacy.reproducible_noise = true seeded the DP noise and "
+                           "Poisson sampling from the run seed, which the server knows; epsilon holds only against "
+                           "readers of the released model. For tests and benchmarks only.")
+
 
 def privacy_statement(cfg: Config, ledger: Mapping[int, Mapping[str, Any]]) -> str:
     """Compose the statement from the configuration and each client's last ledger entry."""
@@ -25,6 +30,8 @@ def privacy_statement(cfg: Config, ledger: Mapping[int, Mapping[str, Any]]) -> s
                      f"the whole federation ({cfg.federation.rounds} rounds x {cfg.train.local_steps} local steps).")
         lines.append("Unit protected: one record of one client, against anyone who sees that client's "
                      "updates (including the server and the released global student).")
+        if p.reproducible_noise:
+            lines.append(REPRODUCIBLE_NOISE_LINE)
         for client in sorted(ledger):
             e = ledger[client]
             lines.append(f"Client {client}: epsilon = {e['epsilon']:.3f} at delta = {e['delta']:.1e} "

@@ -33,6 +33,8 @@ def header(detail: Mapping[str, Any], url: str) -> None:
                f"{run['num_clients']} clients · {run['num_rounds']} rounds · seed {run['seed']} · "
                f"created {str(run.get('created_at', ''))[:19].replace('T', ' ')} UTC")
     ui.status_banner(run, url)
+    if ((run.get("config") or {}).get("privacy") or {}).get("reproducible_noise"):  # docs/METHODS.md §2
+        st.error("Seeded DP noise (privacy.reproducible_noise): not private against the server.")
     metric = utility_metric(detail)
     budget = target_epsilon(run.get("config") or {})
     ledger = ledger_frame(detail)

@@ -242,3 +242,22 @@ def test_run_in_progress_and_failed(monkeypatch: pytest.MonkeyPatch, states_db: 
     at = open_app(monkeypatch, states_db, "views/leakage.py", FAILED_RUN)
     assert len(at.error) == 1 and FAIL_MESSAGE in at.error[0].value
     assert any("No audits recorded for this run" in e.value for e in at.info)
+
+
+def test_seeded_noise_run_says_not_private_against_the_server(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    """privacy.reproducible_noise: the run page says so before any statement is written (docs/METHODS.md §2)."""
+    import copy
+
+    from tests.dashboard.store_data import base_config
+
+    for name, seeded in (("seeded", True), ("secret", False)):
+        url = sqlite_url(tmp_path / f"{name}.db")
+        cfg = copy.deepcopy(base_config())
+        cfg["privacy"]["reproducible_noise"] = seeded
+        with Store(url) as store:
+            store.create_run(cfg, run_id=name, name=name, method="dp-opd", task="synthetic-text", he_enabled=False,
+                             num_clients=2, num_rounds=1, seed=0)
+        at = open_app(monkeypatch, url, "views/run.py", name)
+        said = any("not private against the server" in e.value for e in at.error)
+        assert said == seeded

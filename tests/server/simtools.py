@@ -28,6 +28,10 @@ teacher_steps = 3
 [distill]
 gen_length = 6
 prompt_length = 8
+[privacy]
+# The resume and HE-vs-plaintext tests compare bit-identical reruns: the test switch, never the default
+# (docs/METHODS.md §2, "Randomness"); tests/privacy/test_randomness.py covers the OS-entropy default.
+reproducible_noise = true
 [he]
 enabled = false
 [audit]
