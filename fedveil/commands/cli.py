@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from fedveil.commands.audit_cmd import audit_command
+from fedveil.commands.export_cmd import export_command
 from fedveil.commands.common import (
     CONFIG_HELP,
     DB_HELP,
@@ -201,6 +202,7 @@ def dashboard(db: str | None = typer.Option(None, "--db", help=DB_HELP),
 
 
 app.command("audit")(audit_command)
+app.command("export")(export_command)
 
 
 @app.command("bench")

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import stat
 import struct
 import tempfile
@@ -38,6 +37,7 @@ from typing import Any, Final
 import tenseal as ts
 from tenseal import sealapi
 
+from fedveil.files import write_private
 from privacy.he.errors import KeyMaterialError
 from privacy.he.profiles import DEFAULT_PROFILE, HEProfile, get_profile, resolve_profile
 from privacy.he.wire import proto_fields, single_bytes
@@ -76,27 +76,6 @@ def generate_contexts(profile: HEProfile | str = DEFAULT_PROFILE) -> tuple[bytes
     return secret, public
 
 
-def _private_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a 0600 file created exclusively, then rename.
-
-    The mode is given to ``os.open`` so the file is never readable by others, not
-    even between creation and a later ``chmod``.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def write_keys(
     out_dir: str | os.PathLike[str], profile_name: str = DEFAULT_PROFILE, *, overwrite: bool = False
 ) -> Path:
@@ -129,8 +108,8 @@ def write_keys(
     else:
         out.mkdir(mode=0o700, parents=True)
     secret, public = generate_contexts(profile)
-    _private_write(out / SECRET_FILE, secret)
-    _private_write(out / PUBLIC_FILE, public)
+    write_private(out / SECRET_FILE, secret)
+    write_private(out / PUBLIC_FILE, public)
     manifest = {
         "format": MANIFEST_FORMAT,
         "scheme": "CKKS",
@@ -144,7 +123,7 @@ def write_keys(
         "tenseal_version": ts.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _private_write(out / MANIFEST_FILE, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    write_private(out / MANIFEST_FILE, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return out
 
 
@@ -317,8 +296,8 @@ class SealSecretEncryptor:
         if parms is None or secret is None:
             raise KeyMaterialError("seeded encryption needs the secret context (secret.ctx)")
         with private_tempdir() as d:
-            _private_write(d / "parms", parms)
-            _private_write(d / "sk", secret)
+            write_private(d / "parms", parms)
+            write_private(d / "sk", secret)
             enc_parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
             enc_parms.load(str(d / "parms"))
             self.seal_context = sealapi.SEALContext(enc_parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
