@@ -1,0 +1,104 @@
+"""A node's own state directory: its DP ledger and its artifacts (docs/METHODS.md §1, §2).
+
+The node owns its privacy budget. Its accountant history lives in a file only the node writes,
+``ledger.json`` in its state directory, written atomically (temporary file, fsync, ``os.replace``,
+mode 0600) after local training and before the update leaves the node. A reply the server
+rejects, loses or never records still counts. On a restart the node reads this file; a history
+the server sends is only compared with it (:func:`reconcile`) and can never lower it.
+
+Where the directory is, in order of precedence:
+
+1. node config ``state-dir`` (deployment: ``flower-supernode --node-config "state-dir=/srv/fedveil ..."``),
+2. ``$FEDVEIL_NODE_DIR`` in the ClientApp's environment (``fedveil run`` sets it for simulations),
+3. ``~/.fedveil/nodes``.
+
+Below it: ``<run id>/client-<partition id>/`` (mode 0700). Nothing of the server's run
+configuration chooses the root, and the ServerApp never reads it. Teachers, local students and
+per-node keys belong in the same directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedveil.files import private_dir, write_private
+from privacy.dp.accounting import Ledger
+
+__all__ = ["LEDGER_FILE", "NODE_DIR_ENV", "NODE_DIR_KEY", "LedgerCorrupt", "load_ledger", "node_dir",
+           "node_root", "reconcile", "save_ledger"]
+
+log = logging.getLogger("fedveil.client")
+NODE_DIR_KEY = "state-dir"
+NODE_DIR_ENV = "FEDVEIL_NODE_DIR"
+LEDGER_FILE = "ledger.json"
+
+
+class LedgerCorrupt(RuntimeError):
+    """The node's own ledger file cannot be read; the node refuses to train rather than reset ε."""
+
+
+def node_root(node_config: Mapping[str, Any]) -> Path:
+    """The node-local root: node config ``state-dir``, else ``$FEDVEIL_NODE_DIR``, else ``~/.fedveil/nodes``."""
+    if node_config.get(NODE_DIR_KEY):
+        return Path(str(node_config[NODE_DIR_KEY])).expanduser()
+    env = os.environ.get(NODE_DIR_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".fedveil" / "nodes"
+
+
+def node_dir(node_config: Mapping[str, Any], run_id: str, partition_id: int) -> Path:
+    """``<root>/<run id>/client-<partition id>``, created with mode 0700."""
+    if not run_id or "/" in run_id or run_id in (".", ".."):
+        raise ValueError(f"run id {run_id!r} cannot name a node state directory")
+    return private_dir(node_root(node_config) / run_id / f"client-{int(partition_id)}")
+
+
+def load_ledger(directory: Path, accountant: str) -> Ledger:
+    """The node's ledger from ``directory`` (empty when the node has never trained in this run)."""
+    ledger = Ledger(accountant)
+    path = directory / LEDGER_FILE
+    if not path.exists():
+        return ledger
+    try:
+        ledger.load_state_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise LedgerCorrupt(f"the node's ledger {path} is unreadable ({exc}); refusing to train "
+                            "rather than start from zero") from exc
+    return ledger
+
+
+def save_ledger(directory: Path, ledger: Ledger) -> None:
+    """Write the full (σ, q, steps) history; called before the update leaves the node."""
+    write_private(directory / LEDGER_FILE, json.dumps(ledger.state_dict(), indent=1))
+
+
+def _extends(longer: Ledger, shorter: Ledger) -> bool:
+    """``longer`` is ``shorter`` plus more steps (same (σ, q) entries, a longer tail): its ε is no lower."""
+    a, b = longer.history_, shorter.history_
+    if len(b) > len(a) or not b:
+        return not b
+    return a[:len(b) - 1] == b[:-1] and a[len(b) - 1][:2] == b[-1][:2] and a[len(b) - 1][2] >= b[-1][2]
+
+
+def reconcile(own: Ledger, sent: Mapping[str, Any]) -> Ledger:
+    """Compare a server-sent history with the node's own; the node's value wins.
+
+    A sent history that is shorter, reset or different is logged and ignored. One that extends the
+    node's own (the same entries plus more steps, e.g. the node lost its directory) is adopted: it
+    can only raise ε, never lower it. Anything else keeps the node's own history.
+    """
+    theirs = Ledger(own.accountant)
+    theirs.load_state_dict(sent)  # raises ValueError on a malformed history
+    if theirs.history_ == own.history_:
+        return own
+    if _extends(theirs, own):
+        log.warning("server-sent ledger has %d steps, more than this node's %d: adopting it (ε can only rise)",
+                    theirs.steps, own.steps)
+        return theirs
+    log.warning("server-sent ledger (%d steps) differs from this node's own (%d steps): keeping the node's",
+                theirs.steps, own.steps)
+    return own
