@@ -32,7 +32,8 @@ from privacy.dp import Ledger, default_delta
 from client.protocol import ProtocolError, require_config
 from distill.textdata import canary_plan, public_corpus, tokenise, with_canaries
 from client.trainers import train_teacher
-from distill.models import build_lm, save_checkpoint
+from distill.hf import load_travelling_state, student_lm, teacher_lm
+from distill.models import save_checkpoint
 from fedveil.config import Config
 from privacy.audit.plan import (
     canary_share,
@@ -89,7 +90,7 @@ def dp_steps_taken(cfg: Config, ledger_state: dict[str, Any] | None) -> int:
 
 def _train_plain(cfg: Config, tokenizer: Any, texts: list[str], steps: int, seed: int,
                  device: torch.device) -> torch.nn.Module:
-    model = build_lm(cfg.model.student, len(tokenizer), seed=cfg.run.seed)
+    model = student_lm(cfg, len(tokenizer))
     data = tokenise(tokenizer, texts, max_length=cfg.data.max_length, prompt_length=cfg.distill.prompt_length,
                     with_privacy=False)
     train_teacher(model, data, steps=steps, lr=cfg.train.lr, batch_size=cfg.train.batch_size,
@@ -119,15 +120,15 @@ def _models(node: runtime.NodeState, context: Context, request: runtime.Request)
     models: dict[str, torch.nn.Module] = {}
     state = context.state.array_records
     if "teacher" in state:
-        teacher = build_lm(cfg.model.teacher, vocab, seed=cfg.run.seed + 1 + node.partition_id)
+        teacher = teacher_lm(cfg, vocab, seed=cfg.run.seed + 1 + node.partition_id)
         teacher.load_state_dict(state["teacher"].to_torch_state_dict())
         models["teacher"] = teacher
     if "student" in state:
-        student = build_lm(cfg.model.student, vocab, seed=cfg.run.seed)
-        student.load_state_dict(state["student"].to_torch_state_dict())
+        student = student_lm(cfg, vocab)
+        load_travelling_state(student, state["student"].to_torch_state_dict())
         models["student"] = student
-    glob = build_lm(cfg.model.student, vocab, seed=cfg.run.seed)
-    glob.load_state_dict(he_client.global_state(node, request, glob), strict=True)
+    glob = student_lm(cfg, vocab)
+    load_travelling_state(glob, he_client.global_state(node, request, glob))
     models["global"] = glob
     return {name: m.to(node.device).eval() for name, m in models.items()}
 

@@ -67,7 +67,8 @@ def global_state(node: Any, request: Any, model: torch.nn.Module) -> dict[str, t
     """Plaintext global weights, decrypting the encrypted aggregate when needed."""
     if not is_encrypted(request.arrays):
         return request.arrays.to_torch_state_dict()
-    reference = model.state_dict()
+    from distill.hf import travelling_state
+    reference = travelling_state(model)
     mean = decrypt_mean(node, request.arrays)
     if set(mean) != set(reference):
         raise ValueError("decrypted aggregate does not match the student's parameter names")
@@ -79,7 +80,8 @@ def encode_update(
     node: Any, request: Any, model: torch.nn.Module, n_examples: int
 ) -> tuple[ArrayRecord, dict[str, float]]:
     """The reply payload: plaintext weights, or the CKKS-encrypted weighted update."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    from distill.hf import travelling_state
+    state = travelling_state(model)
     if not node.cfg.he.enabled:
         return ArrayRecord(state), {}
     from privacy.he.packing import encrypt_arrays, payload_nbytes, payload_to_arrays

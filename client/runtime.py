@@ -33,7 +33,8 @@ from client.protocol import ProtocolError, require_config, require_int, require_
 from distill.textdata import TokenisedRecords, client_texts, heldout_shard, public_corpus, tokenise, with_canaries
 from client.trainers import METHODS, LMTrainer, SFTConfig, TrainerConfig, heldout_nll, train_teacher
 from distill.loaders import load_text_records
-from distill.models import build_lm, pick_device
+from distill.hf import load_travelling_state, student_lm, teacher_lm, travelling_state
+from distill.models import pick_device
 from distill.tokenizer import tokenizer_from_json
 from fedveil.config import Config, from_run_config
 
@@ -152,21 +153,21 @@ def _data(node: NodeState, tokenizer: Any) -> TokenisedRecords:
 
 def _global_student(node: NodeState, request: Request) -> torch.nn.Module:
     cfg = node.cfg
-    model = build_lm(cfg.model.student, len(request.tokenizer), seed=cfg.run.seed)
-    state = he_client.global_state(node, request, model)
-    model.load_state_dict(state, strict=True)
-    model.to(node.device)  # type: ignore[arg-type]
+    model = student_lm(cfg, len(request.tokenizer))
+    load_travelling_state(model, he_client.global_state(node, request, model))
+    model.to(node.device)
     return model
 
 
 def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedRecords) -> tuple[torch.nn.Module, str]:
     """The frozen teacher, trained once per run and kept in Context.state."""
     cfg = node.cfg
-    teacher = build_lm(cfg.model.teacher, len(tokenizer), seed=cfg.run.seed + 1 + node.partition_id)
-    provenance = "private-non-dp" if cfg.train.teacher_private else "public"
+    teacher = teacher_lm(cfg, len(tokenizer), seed=cfg.run.seed + 1 + node.partition_id)
+    # A checkpoint teacher used as it is (teacher_steps = 0) saw none of the client's records.
+    provenance = "private-non-dp" if cfg.train.teacher_private and cfg.train.teacher_steps > 0 else "public"
     if "teacher" in context.state.array_records:
         teacher.load_state_dict(context.state.array_records["teacher"].to_torch_state_dict())
-        teacher.to(node.device)  # type: ignore[arg-type]
+        teacher.to(node.device)
         return teacher.eval(), provenance
     if cfg.train.teacher_private:
         source = data
@@ -230,7 +231,7 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
     losses = run_dp_steps(session, batches, lambda idx: trainer.loss(session, idx), ledger if sigma else None, q)
     student = session.close()
     # The node's last local student, kept for the end-of-run audit (never sent anywhere else).
-    context.state.array_records["student"] = ArrayRecord(student.state_dict())
+    context.state.array_records["student"] = ArrayRecord(travelling_state(student))
     context.state.config_records["ledger"] = ConfigRecord(ledger.state_dict())  # type: ignore[arg-type]
     eps = ledger.epsilon(delta) if sigma else float("inf")
 

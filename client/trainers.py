@@ -108,13 +108,15 @@ class LMTrainer:
         if isinstance(cfg, OPDConfig) and self.rng.random() < cfg.lam:
             ids, attn, tmask, priv = self._rollout(session, ids, attn)
             self.on_policy_steps += 1
-        logits = _forward(session.module, ids, attn)[:, :-1]
+        # Checkpoints may pad their embedding past the tokenizer; only real tokens are distributions' support.
+        vocab = len(self.tokenizer)  # type: ignore[arg-type]
+        logits = _forward(session.module, ids, attn)[:, :-1, :vocab]
         labels, mask, pi = ids[:, 1:], tmask[:, 1:], priv[:, 1:]
         if isinstance(cfg, SFTConfig):
             return causal_lm_ce(logits, labels, mask)
         assert self.teacher is not None
         with torch.no_grad():
-            t_logits = _forward(self.teacher, ids, attn)[:, :-1]
+            t_logits = _forward(self.teacher, ids, attn)[:, :-1, :vocab]
         if cfg.swing:
             t_logits = noisy_teacher_logits(t_logits, pi, cfg.noise_s0, cfg.noise_s1, generator=self.generator)
             return swing_kd_loss(logits, t_logits, mask, pi, tau0=cfg.tau0, tau_max=cfg.tau_max)

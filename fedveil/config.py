@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 Scalar = bool | int | float | str
+#: Built-in model presets (their sizes live in distill.models.PRESETS).
+MODEL_PRESETS = ("student-xs", "student-s", "teacher-s")
 
 
 class ConfigError(ValueError):
@@ -83,10 +85,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Student and teacher architectures (named presets in distill.models)."""
+    """Student and teacher: named presets (distill.models) or local checkpoints (distill.hf)."""
 
-    student: str = _opt("student-xs", "student preset", choices=("student-xs", "student-s", "teacher-s"))
-    teacher: str = _opt("teacher-s", "teacher preset", choices=("student-xs", "student-s", "teacher-s"))
+    student: str = _opt("student-xs", "student: a preset (student-xs, student-s, teacher-s) or a local checkpoint "
+                        "directory (config.json + safetensors + tokenizer.json; never downloaded)")
+    teacher: str = _opt("teacher-s", "teacher: a preset or a local checkpoint directory (same tokenizer as the "
+                        "student)")
+    lora_rank: int = _opt(0, "0 = full fine-tuning; r > 0 = only rank-r LoRA adapters train and travel (DP-LoRA)",
+                          lo=0, hi=1024)
     device: str = _opt("auto", "torch device: auto picks CUDA when present", choices=("auto", "cpu", "cuda"))
 
 
@@ -364,6 +370,12 @@ def _check_cross(cfg: Config) -> None:
     if cfg.privacy.enabled and not math.isfinite(cfg.privacy.target_epsilon):
         raise ConfigError(f"privacy.target_epsilon = {cfg.privacy.target_epsilon} is not allowed with "
                           "privacy.enabled = true; expected a finite budget")
+    for key in ("student", "teacher"):
+        name = getattr(cfg.model, key)
+        if name not in MODEL_PRESETS and not re.search(r"^[.~]|[\\/]", name):
+            raise ConfigError(f"model.{key} = {name!r} is not allowed; expected a preset ({', '.join(MODEL_PRESETS)}) "
+                              "or a local checkpoint directory written as a path (./dir or /abs/dir); nothing is "
+                              "downloaded")
     if cfg.distill.tau_max < cfg.distill.tau0:
         raise ConfigError(f"distill.tau_max = {cfg.distill.tau_max} is not allowed; expected >= distill.tau0")
 

@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from distill.textdata import public_corpus
-from distill.models import build_lm
+from distill.hf import run_tokenizer, student_lm, travelling_state
 from distill.tokenizer import save_tokenizer, tokenizer_to_json, train_tokenizer
 from fedveil.config import Config, from_run_config, to_dict
 from fedveil.store import Store, default_db_url
@@ -76,11 +76,12 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> str:
 def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     fed = cfg.federation
-    tokenizer = train_tokenizer(public_corpus(cfg.run.seed, cfg.data.public_records), vocab_size=cfg.data.vocab_size)
+    tokenizer = run_tokenizer(cfg.model.student, cfg.model.teacher, lambda: train_tokenizer(
+        public_corpus(cfg.run.seed, cfg.data.public_records), vocab_size=cfg.data.vocab_size))
     tok_dir = save_tokenizer(tokenizer, run_dir / "tokenizer")
     store.add_artifact(run_id, "tokenizer", str(tok_dir / "tokenizer.json"))
-    model = build_lm(cfg.model.student, len(tokenizer), seed=cfg.run.seed)
-    initial = ArrayRecord(model.state_dict())
+    model = student_lm(cfg, len(tokenizer))
+    initial = ArrayRecord(travelling_state(model))
     checkpoint = run_dir / "checkpoint.npz"
     done = 0
     if cfg.run.resume and checkpoint.exists():
@@ -107,7 +108,7 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     strategy: PrivateFedAvg
     if cfg.he.enabled:
         from server.strategies.he_fedavg import HEFedAvg
-        template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        template = {k: v.numpy() for k, v in travelling_state(model).items()}
         strategy = HEFedAvg(cfg=cfg, run_dir=run_dir, template=template, **kwargs)
     else:
         strategy = PrivateFedAvg(**kwargs)
@@ -123,8 +124,10 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
         np.savez(blob, **blobs)
         store.add_artifact(run_id, "global-student-encrypted", str(blob))
     elif final is not None:
-        model.load_state_dict(final.to_torch_state_dict())
+        from distill.hf import load_travelling_state, merged
         from distill.models import save_checkpoint
+        load_travelling_state(model, final.to_torch_state_dict())
+        model = merged(model)
         ckpt = save_checkpoint(model, run_dir / "global", meta={"run_id": run_id, "rounds": fed.rounds})
         store.add_artifact(run_id, "global-student", str(ckpt / "model.safetensors"))
     store.set_privacy_statement(run_id, privacy_statement(cfg, store.latest_ledger(run_id)))
