@@ -101,6 +101,9 @@ class TrainConfig:
     teacher_steps: int = _opt(150, "teacher training steps on the client's records", lo=0)
     teacher_lr: float = _opt(3e-3, "teacher learning rate", lo=0.0)
     teacher_private: bool = _opt(True, "teacher trained on the client's private records (else public)")
+    public_steps: int = _opt(300, "steps of non-private pre-training of a built-in student on the public corpus "
+                             "before round 1 (cached by content hash; 0 = start from random weights)", lo=0)
+    public_lr: float = _opt(3e-3, "learning rate of the public warm start (Adam)", lo=0.0)
 
 
 @dataclass(frozen=True)
