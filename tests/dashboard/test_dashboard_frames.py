@@ -206,7 +206,8 @@ def test_reference_lines_are_the_teacher_and_uniform_levels_and_log_scaled() -> 
     from dashboard.frames import reference_frame
     detail = {"metrics": [{"name": "perplexity", "round": r, "client": None, "value": v}
                           for r, v in ((0, 120.0), (1, 90.0), (2, 70.0))]
-              + [{"name": "teacher-perplexity", "round": r, "client": None, "value": v} for r, v in ((1, 13.0), (2, 12.0))]
+              + [{"name": "teacher-perplexity", "round": r, "client": None, "value": v}
+                 for r, v in ((1, 13.0), (2, 12.0))]
               + [{"name": "uniform-perplexity", "round": 0, "client": None, "value": 1024.0}]}
     ref = reference_frame(detail, "perplexity")
     assert dict(zip(ref["label"], ref["value"], strict=True)) == {
