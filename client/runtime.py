@@ -93,6 +93,10 @@ class Request:
     tokenizer: Any
     arrays: ArrayRecord
     he_scale: float
+    round_nonce: str = ""  # this round's nonce (train requests): it goes inside the encrypted update
+    # Under HE, what the aggregate in ``arrays`` must decrypt to: (nonce of the round it aggregates, summed
+    # hello-declared weight of the replies the server accepted); None when the server sent no expectation.
+    he_expect: tuple[str, float] | None = None
 
 
 def remember_tokenizer(msg: Message, context: Context) -> None:
@@ -131,7 +135,15 @@ def parse_request(msg: Message, context: Context, *, first_round: int = 1) -> Re
     he_scale = float(raw_scale)
     if not he_scale > 0:
         raise ProtocolError(f"he-scale must be positive, got {he_scale}")
-    return Request(server_round, _tokenizer(tok_json), content.array_records["arrays"], he_scale)
+    nonce = conf.get("round-nonce", "")
+    agg_nonce, agg_weight = conf.get("he-aggregate-nonce"), conf.get("he-aggregate-weight")
+    expect = None
+    if agg_nonce is not None or agg_weight is not None:
+        if not (isinstance(agg_nonce, str) and isinstance(agg_weight, float) and 0.0 < agg_weight <= 1.0 + 1e-9):
+            raise ProtocolError("he-aggregate-nonce must be a string and he-aggregate-weight a number in (0, 1]")
+        expect = (agg_nonce, agg_weight)
+    return Request(server_round, _tokenizer(tok_json), content.array_records["arrays"], he_scale,
+                   round_nonce=nonce if isinstance(nonce, str) else "", he_expect=expect)
 
 
 @dataclass
@@ -238,7 +250,8 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
     context.state.config_records["ledger"] = ConfigRecord(ledger.state_dict())  # type: ignore[arg-type]
     eps = ledger.epsilon(delta) if sigma else float("inf")
 
-    arrays, he_metrics = he_client.encode_update(node, request, student, n)
+    # The HE weight is the hello-declared record count (canary copies excluded), the count the server checks.
+    arrays, he_metrics = he_client.encode_update(node, request, student, node.num_examples())
     metrics: dict[str, MetricRecordValues] = {
         "num-examples": n, "train-loss": float(np.mean(losses)) if losses else float("nan"),
         "epsilon": eps if np.isfinite(eps) else -1.0, "delta": delta, "noise-multiplier": sigma or 0.0,
