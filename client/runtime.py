@@ -31,7 +31,8 @@ from privacy.dp import (
 )
 from client.protocol import ProtocolError, require_config, require_int, require_str
 from distill.textdata import TokenisedRecords, client_texts, heldout_shard, public_corpus, tokenise, with_canaries
-from client.trainers import METHODS, LMTrainer, SFTConfig, TrainerConfig, heldout_nll, train_teacher
+from client.trainers import METHODS, LMTrainer, SFTConfig, TrainerConfig, heldout_nll
+from distill.pretrain import train_plain
 from distill.loaders import load_text_records
 from distill.hf import load_travelling_state, student_lm, teacher_lm, travelling_state
 from distill.models import pick_device
@@ -93,6 +94,10 @@ class Request:
     tokenizer: Any
     arrays: ArrayRecord
     he_scale: float
+    round_nonce: str = ""  # this round's nonce (train requests): it goes inside the encrypted update
+    # Under HE, what the aggregate in ``arrays`` must decrypt to: (nonce of the round it aggregates, summed
+    # hello-declared weight of the replies the server accepted); None when the server sent no expectation.
+    he_expect: tuple[str, float] | None = None
 
 
 def remember_tokenizer(msg: Message, context: Context) -> None:
@@ -109,11 +114,14 @@ def restore_ledger(msg: Message, context: Context) -> None:
     context.state.config_records["ledger"] = ConfigRecord(state)
 
 
-def parse_request(msg: Message, context: Context) -> Request:
-    """Check every field the client reads: presence, type, range."""
+def parse_request(msg: Message, context: Context, *, first_round: int = 1) -> Request:
+    """Check every field the client reads: presence, type, range.
+
+    ``first_round`` is 0 for evaluation (round 0 evaluates the student every client starts from), 1 else.
+    """
     content = msg.content
     conf = require_config(content, "config")
-    server_round = require_int(conf, "server-round", lo=1)
+    server_round = require_int(conf, "server-round", lo=first_round)
     if "tokenizer" not in context.state.config_records:
         raise ProtocolError("this node has no tokenizer for the run (the hello query was not received)")
     tok_json = str(context.state.config_records["tokenizer"]["json"])
@@ -128,7 +136,15 @@ def parse_request(msg: Message, context: Context) -> Request:
     he_scale = float(raw_scale)
     if not he_scale > 0:
         raise ProtocolError(f"he-scale must be positive, got {he_scale}")
-    return Request(server_round, _tokenizer(tok_json), content.array_records["arrays"], he_scale)
+    nonce = conf.get("round-nonce", "")
+    agg_nonce, agg_weight = conf.get("he-aggregate-nonce"), conf.get("he-aggregate-weight")
+    expect = None
+    if agg_nonce is not None or agg_weight is not None:
+        if not (isinstance(agg_nonce, str) and isinstance(agg_weight, float) and 0.0 < agg_weight <= 1.0 + 1e-9):
+            raise ProtocolError("he-aggregate-nonce must be a string and he-aggregate-weight a number in (0, 1]")
+        expect = (agg_nonce, agg_weight)
+    return Request(server_round, _tokenizer(tok_json), content.array_records["arrays"], he_scale,
+                   round_nonce=nonce if isinstance(nonce, str) else "", he_expect=expect)
 
 
 @dataclass
@@ -176,7 +192,7 @@ def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedR
                           max_length=cfg.data.max_length, prompt_length=cfg.distill.prompt_length,
                           with_privacy=False)
     rng = np.random.default_rng(cfg.run.seed * 1000 + node.partition_id)
-    train_teacher(teacher, source, steps=cfg.train.teacher_steps, lr=cfg.train.teacher_lr,
+    train_plain(teacher, source, steps=cfg.train.teacher_steps, lr=cfg.train.teacher_lr,
                   batch_size=cfg.train.batch_size, rng=rng, device=node.device)
     context.state.array_records["teacher"] = ArrayRecord(teacher.state_dict())
     return teacher.eval(), provenance
@@ -235,7 +251,8 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
     context.state.config_records["ledger"] = ConfigRecord(ledger.state_dict())  # type: ignore[arg-type]
     eps = ledger.epsilon(delta) if sigma else float("inf")
 
-    arrays, he_metrics = he_client.encode_update(node, request, student, n)
+    # The HE weight is the hello-declared record count (canary copies excluded), the count the server checks.
+    arrays, he_metrics = he_client.encode_update(node, request, student, node.num_examples())
     metrics: dict[str, MetricRecordValues] = {
         "num-examples": n, "train-loss": float(np.mean(losses)) if losses else float("nan"),
         "epsilon": eps if np.isfinite(eps) else -1.0, "delta": delta, "noise-multiplier": sigma or 0.0,
@@ -250,13 +267,20 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
     return TrainResult(arrays, metrics, privacy)
 
 
-def evaluate_global(node: NodeState, request: Request) -> tuple[float, int]:
-    """Sum NLL and token count of the global student on this node's held-out shard."""
+def evaluate_global(node: NodeState, request: Request, context: Context) -> dict[str, float]:
+    """Held-out NLL sums and token counts on this node's shard: the global student (``nll-sum``,
+    ``tokens``) and, once this node has trained one, its teacher (``teacher-nll-sum``, ``teacher-tokens``;
+    a non-private reference, listed in the privacy statement as a release)."""
     cfg = node.cfg
     model = _global_student(node, request)  # decrypts (and measures HE error) even with an empty shard
     texts = heldout_shard(cfg, node.partition_id)
     if not texts:
-        return 0.0, 0
+        return {"nll-sum": 0.0, "tokens": 0}
     data = tokenise(request.tokenizer, texts, max_length=cfg.data.max_length,
                     prompt_length=cfg.distill.prompt_length, with_privacy=False)
-    return heldout_nll(model, data, node.device)
+    nll, tokens = heldout_nll(model, data, node.device)
+    out = {"nll-sum": nll, "tokens": tokens}
+    if "teacher" in context.state.array_records:
+        teacher, _ = _teacher(node, context, request.tokenizer, data)
+        out["teacher-nll-sum"], out["teacher-tokens"] = heldout_nll(teacher, data, node.device)
+    return out

@@ -50,7 +50,7 @@ class FederationConfig:
     """How many clients, rounds and how a round is run."""
 
     clients: int = _opt(4, "number of simulated clients (SuperNodes)", lo=1, hi=10_000)
-    rounds: int = _opt(3, "federated rounds", lo=1, hi=100_000)
+    rounds: int = _opt(4, "federated rounds", lo=1, hi=100_000)
     fraction_train: float = _opt(1.0, "fraction of clients sampled per round", lo=0.0, hi=1.0)
     min_clients: int = _opt(2, "minimum replies for a round to count", lo=1)
     round_timeout: float = _opt(900.0, "seconds to wait for replies in a round", lo=1.0)
@@ -100,13 +100,17 @@ class ModelConfig:
 class TrainConfig:
     """Local training on each client."""
 
-    method: str = _opt("dp-opd", "local objective", choices=("dp-sft", "dp-kd", "dp-opd"))
-    local_steps: int = _opt(8, "DP-SGD steps per client per round", lo=1)
+    method: str = _opt("dp-kd", "local objective (dp-kd: the best private method measured at this scale)",
+                       choices=("dp-sft", "dp-kd", "dp-opd"))
+    local_steps: int = _opt(16, "DP-SGD steps per client per round", lo=1)
     batch_size: int = _opt(16, "expected (Poisson) batch size", lo=1)
-    lr: float = _opt(2e-3, "student learning rate (Adam)", lo=0.0)
+    lr: float = _opt(3e-3, "student learning rate (Adam)", lo=0.0)
     teacher_steps: int = _opt(150, "teacher training steps on the client's records", lo=0)
     teacher_lr: float = _opt(3e-3, "teacher learning rate", lo=0.0)
     teacher_private: bool = _opt(True, "teacher trained on the client's private records (else public)")
+    public_steps: int = _opt(300, "steps of non-private pre-training of a built-in student on the public corpus "
+                             "before round 1 (cached by content hash; 0 = start from random weights)", lo=0)
+    public_lr: float = _opt(3e-3, "learning rate of the public warm start (Adam)", lo=0.0)
 
 
 @dataclass(frozen=True)

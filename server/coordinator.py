@@ -20,10 +20,11 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from distill.textdata import public_corpus
-from distill.hf import run_tokenizer, student_lm, travelling_state
+from distill.hf import run_tokenizer, travelling_state
+from distill.pretrain import public_student
 from distill.tokenizer import save_tokenizer, tokenizer_to_json, train_tokenizer
 from fedveil.config import Config, from_run_config, to_dict
-from fedveil.store import Store, default_db_url
+from fedveil.store import MetricRow, Store, default_db_url
 from server.audits import round_audit_fn, run_audits
 from server.nodes import greet, register, restore_ledgers, wait_for_nodes
 from server.statement import privacy_statement
@@ -80,7 +81,12 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
         public_corpus(cfg.run.seed, cfg.data.public_records), vocab_size=cfg.data.vocab_size))
     tok_dir = save_tokenizer(tokenizer, run_dir / "tokenizer")
     store.add_artifact(run_id, "tokenizer", str(tok_dir / "tokenizer.json"))
-    model = student_lm(cfg, len(tokenizer))
+    # Public warm start (no ε: public text only), cached across runs by its recipe's hash (docs/METHODS.md §4).
+    model, warm = public_student(cfg, tokenizer, Path(cfg.run.run_dir) / "cache")
+    if warm is not None:
+        store.add_artifact(run_id, "public-student", Path(warm["path"]) / "model.safetensors")
+        log.info("public warm start %s (%s)", warm["key"][:16], "cached" if warm["cached"] else
+                 f"{warm['seconds']} s")
     initial = ArrayRecord(travelling_state(model))
     checkpoint = run_dir / "checkpoint.npz"
     done = 0
@@ -112,6 +118,9 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
         strategy = HEFedAvg(cfg=cfg, run_dir=run_dir, template=template, **kwargs)
     else:
         strategy = PrivateFedAvg(**kwargs)
+    if not done:  # round 0: the student every client starts from (public-only, or random)
+        strategy.evaluate_initial(grid, initial, ConfigRecord(common), fed.round_timeout)
+        store.add_metrics(run_id, [MetricRow("uniform-perplexity", float(len(tokenizer)), 0)])
     per_round = round_audit_fn(cfg, store, run_id, tokenizer)  # None unless audit.every_round (and HE off)
     evaluate_fn = None if per_round is None else (lambda r, arrays: per_round(r + done, arrays))
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds - done, timeout=fed.round_timeout,
