@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from bench.common import quiet_accountant, recompute_epsilon
 from privacy.dp import DPPlan, DPSession, Ledger, poisson_batches, run_dp_steps
 from distill.textdata import TokenisedRecords, public_corpus, tokenise
-from client.trainers import LMTrainer, TrainerConfig, heldout_nll, train_teacher
+from client.trainers import LMTrainer, TrainerConfig, heldout_nll
+from distill.pretrain import train_plain
 from distill.data import generate_private_records
 from distill.loaders import load_text_records
 from distill.models import build_lm, count_parameters
@@ -105,7 +106,7 @@ def fit_early_stopped(model: torch.nn.Module, data: TokenisedRecords, validation
     best, best_step = perplexity(model, validation), 0
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     for done in range(every, steps + every, every):
-        train_teacher(model, data, steps=every, lr=lr, batch_size=batch_size, rng=rng, device=CPU)
+        train_plain(model, data, steps=every, lr=lr, batch_size=batch_size, rng=rng, device=CPU)
         ppl = perplexity(model, validation)
         if ppl < best:
             best, best_step = ppl, min(done, steps)

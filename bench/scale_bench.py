@@ -229,7 +229,9 @@ def run_fedveil(args: list[str], *, run_dir: Path, db: str, run_id: str, timeout
                replied_per_round=[r["num_replied"] for r in shown["rounds"]],
                peak_system_mb=run.get("peak_rss_mb"), run_wall_s=run.get("wall_seconds"),
                perplexity=[m["value"] for m in sorted(shown["metrics"], key=lambda m: m["round"])
-                           if m["name"] == "perplexity" and m["client"] is None])
+                           if m["name"] == "perplexity" and m["client"] is None and m["round"]],
+               public_perplexity=next((m["value"] for m in shown["metrics"] if m["name"] == "perplexity"
+                                       and m["client"] is None and m["round"] == 0), None))
     if audits:
         row.update(audit_summaries(shown))
     return row

@@ -78,9 +78,10 @@ def evaluate(msg: Message, context: Context) -> Message:
         from client import fd_runtime
         return fd_runtime.handle_evaluate(msg, context)
     node = runtime.NodeState.from_context(context)
-    request = runtime.parse_request(msg, context)
-    nll, tokens = runtime.evaluate_global(node, request)
-    values: dict[str, MetricRecordValues] = {"num-examples": max(tokens, 1), "nll-sum": nll, "tokens": tokens}
+    request = runtime.parse_request(msg, context, first_round=0)
+    held_out = runtime.evaluate_global(node, request, context)
+    values: dict[str, MetricRecordValues] = {"num-examples": max(int(held_out["tokens"]), 1)}
+    values.update({k: int(v) if k.endswith("tokens") else float(v) for k, v in held_out.items()})
     for key in ("he-verify-error", "he-decrypt-s"):  # measured while decrypting the encrypted aggregate
         if key in node.extra:
             values[key] = float(node.extra[key])

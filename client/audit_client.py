@@ -31,8 +31,9 @@ from privacy.audit.measures import ALL_KINDS, AuditData, audit_client_models, cl
 from privacy.dp import Ledger, default_delta
 from client.protocol import ProtocolError, require_config
 from distill.textdata import canary_plan, public_corpus, tokenise, with_canaries
-from client.trainers import train_teacher
-from distill.models import build_lm, save_checkpoint
+from distill.hf import load_travelling_state, student_lm, teacher_lm
+from distill.models import save_checkpoint
+from distill.pretrain import train_plain
 from fedveil.config import Config
 from privacy.audit.plan import (
     canary_share,
@@ -87,12 +88,12 @@ def dp_steps_taken(cfg: Config, ledger_state: dict[str, Any] | None) -> int:
     return cfg.federation.rounds * cfg.train.local_steps
 
 
-def _train_plain(cfg: Config, tokenizer: Any, texts: list[str], steps: int, seed: int,
+def _plain_student(cfg: Config, tokenizer: Any, texts: list[str], steps: int, seed: int,
                  device: torch.device) -> torch.nn.Module:
-    model = build_lm(cfg.model.student, len(tokenizer), seed=cfg.run.seed)
+    model = student_lm(cfg, len(tokenizer))
     data = tokenise(tokenizer, texts, max_length=cfg.data.max_length, prompt_length=cfg.distill.prompt_length,
                     with_privacy=False)
-    train_teacher(model, data, steps=steps, lr=cfg.train.lr, batch_size=cfg.train.batch_size,
+    train_plain(model, data, steps=steps, lr=cfg.train.lr, batch_size=cfg.train.batch_size,
                   rng=np.random.default_rng(seed), device=device)
     return model.eval()
 
@@ -103,14 +104,14 @@ def finetune_baseline(cfg: Config, tokenizer: Any, train_texts: list[str], steps
     cross-entropy on the client's training records (canaries included) for ``steps`` steps (capped
     at ``FINETUNE_MAX_STEPS``): the comparison run of the memorisation audit (docs/METHODS.md §8)."""
     steps = max(1, min(steps, FINETUNE_MAX_STEPS))
-    return _train_plain(cfg, tokenizer, train_texts, steps, cfg.run.seed * 1000 + 500 + partition_id, device)
+    return _plain_student(cfg, tokenizer, train_texts, steps, cfg.run.seed * 1000 + 500 + partition_id, device)
 
 
 def public_reference_model(cfg: Config, tokenizer: Any, steps: int, device: torch.device) -> torch.nn.Module:
     """The MIA reference model: a same-size student trained on the public corpus (module docstring)."""
     steps = max(REFERENCE_MIN_STEPS, min(steps, FINETUNE_MAX_STEPS))
     texts = list(public_corpus(cfg.run.seed, cfg.data.public_records))
-    return _train_plain(cfg, tokenizer, texts, steps, cfg.run.seed * 1000 + 900, device)
+    return _plain_student(cfg, tokenizer, texts, steps, cfg.run.seed * 1000 + 900, device)
 
 
 def _models(node: runtime.NodeState, context: Context, request: runtime.Request) -> dict[str, torch.nn.Module]:
@@ -119,15 +120,15 @@ def _models(node: runtime.NodeState, context: Context, request: runtime.Request)
     models: dict[str, torch.nn.Module] = {}
     state = context.state.array_records
     if "teacher" in state:
-        teacher = build_lm(cfg.model.teacher, vocab, seed=cfg.run.seed + 1 + node.partition_id)
+        teacher = teacher_lm(cfg, vocab, seed=cfg.run.seed + 1 + node.partition_id)
         teacher.load_state_dict(state["teacher"].to_torch_state_dict())
         models["teacher"] = teacher
     if "student" in state:
-        student = build_lm(cfg.model.student, vocab, seed=cfg.run.seed)
-        student.load_state_dict(state["student"].to_torch_state_dict())
+        student = student_lm(cfg, vocab)
+        load_travelling_state(student, state["student"].to_torch_state_dict())
         models["student"] = student
-    glob = build_lm(cfg.model.student, vocab, seed=cfg.run.seed)
-    glob.load_state_dict(he_client.global_state(node, request, glob), strict=True)
+    glob = student_lm(cfg, vocab)
+    load_travelling_state(glob, he_client.global_state(node, request, glob))
     models["global"] = glob
     return {name: m.to(node.device).eval() for name, m in models.items()}
 

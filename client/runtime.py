@@ -31,9 +31,11 @@ from privacy.dp import (
 )
 from client.protocol import ProtocolError, require_config, require_int, require_str
 from distill.textdata import TokenisedRecords, client_texts, heldout_shard, public_corpus, tokenise, with_canaries
-from client.trainers import METHODS, LMTrainer, SFTConfig, TrainerConfig, heldout_nll, train_teacher
+from client.trainers import METHODS, LMTrainer, SFTConfig, TrainerConfig, heldout_nll
+from distill.pretrain import train_plain
 from distill.loaders import load_text_records
-from distill.models import build_lm, pick_device
+from distill.hf import load_travelling_state, student_lm, teacher_lm, travelling_state
+from distill.models import pick_device
 from distill.tokenizer import tokenizer_from_json
 from fedveil.config import Config, from_run_config
 
@@ -92,6 +94,10 @@ class Request:
     tokenizer: Any
     arrays: ArrayRecord
     he_scale: float
+    round_nonce: str = ""  # this round's nonce (train requests): it goes inside the encrypted update
+    # Under HE, what the aggregate in ``arrays`` must decrypt to: (nonce of the round it aggregates, summed
+    # hello-declared weight of the replies the server accepted); None when the server sent no expectation.
+    he_expect: tuple[str, float] | None = None
 
 
 def remember_tokenizer(msg: Message, context: Context) -> None:
@@ -108,11 +114,14 @@ def restore_ledger(msg: Message, context: Context) -> None:
     context.state.config_records["ledger"] = ConfigRecord(state)
 
 
-def parse_request(msg: Message, context: Context) -> Request:
-    """Check every field the client reads: presence, type, range."""
+def parse_request(msg: Message, context: Context, *, first_round: int = 1) -> Request:
+    """Check every field the client reads: presence, type, range.
+
+    ``first_round`` is 0 for evaluation (round 0 evaluates the student every client starts from), 1 else.
+    """
     content = msg.content
     conf = require_config(content, "config")
-    server_round = require_int(conf, "server-round", lo=1)
+    server_round = require_int(conf, "server-round", lo=first_round)
     if "tokenizer" not in context.state.config_records:
         raise ProtocolError("this node has no tokenizer for the run (the hello query was not received)")
     tok_json = str(context.state.config_records["tokenizer"]["json"])
@@ -127,7 +136,15 @@ def parse_request(msg: Message, context: Context) -> Request:
     he_scale = float(raw_scale)
     if not he_scale > 0:
         raise ProtocolError(f"he-scale must be positive, got {he_scale}")
-    return Request(server_round, _tokenizer(tok_json), content.array_records["arrays"], he_scale)
+    nonce = conf.get("round-nonce", "")
+    agg_nonce, agg_weight = conf.get("he-aggregate-nonce"), conf.get("he-aggregate-weight")
+    expect = None
+    if agg_nonce is not None or agg_weight is not None:
+        if not (isinstance(agg_nonce, str) and isinstance(agg_weight, float) and 0.0 < agg_weight <= 1.0 + 1e-9):
+            raise ProtocolError("he-aggregate-nonce must be a string and he-aggregate-weight a number in (0, 1]")
+        expect = (agg_nonce, agg_weight)
+    return Request(server_round, _tokenizer(tok_json), content.array_records["arrays"], he_scale,
+                   round_nonce=nonce if isinstance(nonce, str) else "", he_expect=expect)
 
 
 @dataclass
@@ -152,21 +169,21 @@ def _data(node: NodeState, tokenizer: Any) -> TokenisedRecords:
 
 def _global_student(node: NodeState, request: Request) -> torch.nn.Module:
     cfg = node.cfg
-    model = build_lm(cfg.model.student, len(request.tokenizer), seed=cfg.run.seed)
-    state = he_client.global_state(node, request, model)
-    model.load_state_dict(state, strict=True)
-    model.to(node.device)  # type: ignore[arg-type]
+    model = student_lm(cfg, len(request.tokenizer))
+    load_travelling_state(model, he_client.global_state(node, request, model))
+    model.to(node.device)
     return model
 
 
 def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedRecords) -> tuple[torch.nn.Module, str]:
     """The frozen teacher, trained once per run and kept in Context.state."""
     cfg = node.cfg
-    teacher = build_lm(cfg.model.teacher, len(tokenizer), seed=cfg.run.seed + 1 + node.partition_id)
-    provenance = "private-non-dp" if cfg.train.teacher_private else "public"
+    teacher = teacher_lm(cfg, len(tokenizer), seed=cfg.run.seed + 1 + node.partition_id)
+    # A checkpoint teacher used as it is (teacher_steps = 0) saw none of the client's records.
+    provenance = "private-non-dp" if cfg.train.teacher_private and cfg.train.teacher_steps > 0 else "public"
     if "teacher" in context.state.array_records:
         teacher.load_state_dict(context.state.array_records["teacher"].to_torch_state_dict())
-        teacher.to(node.device)  # type: ignore[arg-type]
+        teacher.to(node.device)
         return teacher.eval(), provenance
     if cfg.train.teacher_private:
         source = data
@@ -175,7 +192,7 @@ def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedR
                           max_length=cfg.data.max_length, prompt_length=cfg.distill.prompt_length,
                           with_privacy=False)
     rng = np.random.default_rng(cfg.run.seed * 1000 + node.partition_id)
-    train_teacher(teacher, source, steps=cfg.train.teacher_steps, lr=cfg.train.teacher_lr,
+    train_plain(teacher, source, steps=cfg.train.teacher_steps, lr=cfg.train.teacher_lr,
                   batch_size=cfg.train.batch_size, rng=rng, device=node.device)
     context.state.array_records["teacher"] = ArrayRecord(teacher.state_dict())
     return teacher.eval(), provenance
@@ -230,11 +247,12 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
     losses = run_dp_steps(session, batches, lambda idx: trainer.loss(session, idx), ledger if sigma else None, q)
     student = session.close()
     # The node's last local student, kept for the end-of-run audit (never sent anywhere else).
-    context.state.array_records["student"] = ArrayRecord(student.state_dict())
+    context.state.array_records["student"] = ArrayRecord(travelling_state(student))
     context.state.config_records["ledger"] = ConfigRecord(ledger.state_dict())  # type: ignore[arg-type]
     eps = ledger.epsilon(delta) if sigma else float("inf")
 
-    arrays, he_metrics = he_client.encode_update(node, request, student, n)
+    # The HE weight is the hello-declared record count (canary copies excluded), the count the server checks.
+    arrays, he_metrics = he_client.encode_update(node, request, student, node.num_examples())
     metrics: dict[str, MetricRecordValues] = {
         "num-examples": n, "train-loss": float(np.mean(losses)) if losses else float("nan"),
         "epsilon": eps if np.isfinite(eps) else -1.0, "delta": delta, "noise-multiplier": sigma or 0.0,
@@ -249,13 +267,20 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
     return TrainResult(arrays, metrics, privacy)
 
 
-def evaluate_global(node: NodeState, request: Request) -> tuple[float, int]:
-    """Sum NLL and token count of the global student on this node's held-out shard."""
+def evaluate_global(node: NodeState, request: Request, context: Context) -> dict[str, float]:
+    """Held-out NLL sums and token counts on this node's shard: the global student (``nll-sum``,
+    ``tokens``) and, once this node has trained one, its teacher (``teacher-nll-sum``, ``teacher-tokens``;
+    a non-private reference, listed in the privacy statement as a release)."""
     cfg = node.cfg
     model = _global_student(node, request)  # decrypts (and measures HE error) even with an empty shard
     texts = heldout_shard(cfg, node.partition_id)
     if not texts:
-        return 0.0, 0
+        return {"nll-sum": 0.0, "tokens": 0}
     data = tokenise(request.tokenizer, texts, max_length=cfg.data.max_length,
                     prompt_length=cfg.distill.prompt_length, with_privacy=False)
-    return heldout_nll(model, data, node.device)
+    nll, tokens = heldout_nll(model, data, node.device)
+    out = {"nll-sum": nll, "tokens": tokens}
+    if "teacher" in context.state.array_records:
+        teacher, _ = _teacher(node, context, request.tokenizer, data)
+        out["teacher-nll-sum"], out["teacher-tokens"] = heldout_nll(teacher, data, node.device)
+    return out

@@ -19,6 +19,7 @@ from fedveil.registry import Registry
 from privacy.dp import DPSession
 from distill.textdata import TokenisedRecords, record_prompt_length
 from distill.losses import causal_lm_ce, generalized_jsd, swing_kd_loss
+from distill.pretrain import forward_logits
 from distill.rollouts import sample_rollouts
 from privacy.pii import DetectorSource, PIIDetector
 from privacy.swing import noisy_teacher_logits
@@ -74,12 +75,6 @@ METHODS.add("dp-opd", lambda d: OPDConfig(lam=d.lam, gen_temperature=d.gen_tempe
                                           prompt_length=d.prompt_length, **_kd_settings(d)))
 
 
-def _forward(module: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    # position_ids as a contiguous (B, T) tensor: Opacus' per-sample hooks need it (docs/METHODS.md §2).
-    pos = (attn.cumsum(-1) - 1).clamp(min=0).contiguous()
-    return module(input_ids=ids, attention_mask=attn, position_ids=pos).logits
-
-
 class LMTrainer:
     """Per-example losses for one client's records under one method."""
 
@@ -108,13 +103,15 @@ class LMTrainer:
         if isinstance(cfg, OPDConfig) and self.rng.random() < cfg.lam:
             ids, attn, tmask, priv = self._rollout(session, ids, attn)
             self.on_policy_steps += 1
-        logits = _forward(session.module, ids, attn)[:, :-1]
+        # Checkpoints may pad their embedding past the tokenizer; only real tokens are distributions' support.
+        vocab = len(self.tokenizer)  # type: ignore[arg-type]
+        logits = forward_logits(session.module, ids, attn)[:, :-1, :vocab]
         labels, mask, pi = ids[:, 1:], tmask[:, 1:], priv[:, 1:]
         if isinstance(cfg, SFTConfig):
             return causal_lm_ce(logits, labels, mask)
         assert self.teacher is not None
         with torch.no_grad():
-            t_logits = _forward(self.teacher, ids, attn)[:, :-1]
+            t_logits = forward_logits(self.teacher, ids, attn)[:, :-1, :vocab]
         if cfg.swing:
             t_logits = noisy_teacher_logits(t_logits, pi, cfg.noise_s0, cfg.noise_s1, generator=self.generator)
             return swing_kd_loss(logits, t_logits, mask, pi, tau0=cfg.tau0, tau_max=cfg.tau_max)
@@ -151,24 +148,6 @@ class LMTrainer:
         return out
 
 
-def train_teacher(model: torch.nn.Module, data: TokenisedRecords, *, steps: int, lr: float,
-                  batch_size: int, rng: np.random.Generator, device: torch.device) -> list[float]:
-    """Non-private teacher training on all positions of the records (cross-entropy)."""
-    model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        idx = rng.choice(len(data), size=min(batch_size, len(data)), replace=False)
-        ids, attn = data.input_ids[idx].to(device), data.attention_mask[idx].to(device)
-        logits = _forward(model, ids, attn)[:, :-1]
-        loss = causal_lm_ce(logits, ids[:, 1:], attn[:, 1:].float()).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
 @torch.no_grad()
 def heldout_nll(model: torch.nn.Module, data: TokenisedRecords, device: torch.device,
                 batch_size: int = 32) -> tuple[float, int]:
@@ -180,7 +159,7 @@ def heldout_nll(model: torch.nn.Module, data: TokenisedRecords, device: torch.de
         ids = data.input_ids[s: s + batch_size].to(device)
         attn = data.attention_mask[s: s + batch_size].to(device)
         mask = data.target_mask[s: s + batch_size, 1:].to(device)
-        logits = _forward(model, ids, attn)[:, :-1].float()
+        logits = forward_logits(model, ids, attn)[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         total += float((nll * mask).sum())
         count += int(mask.sum())

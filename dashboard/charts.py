@@ -41,9 +41,24 @@ def series_chart(frame: pd.DataFrame, title: str, fmt: str = ".3f") -> AnyChart:
     return alt.layer(clients, glob).properties(height=HEIGHT)
 
 
-def utility_chart(frame: pd.DataFrame, metric: str) -> AnyChart:
-    """Utility per round, global and per client (see :func:`series_chart`)."""
-    return series_chart(frame, UTILITY_LABELS[metric], ".1f" if metric == "accuracy" else ".2f")
+def utility_chart(frame: pd.DataFrame, metric: str, references: pd.DataFrame | None = None) -> AnyChart:
+    """Utility per round, global and per client (see :func:`series_chart`), with labelled reference rules.
+
+    Perplexity is drawn on a log axis: the uniform guess (the vocabulary size) and a good student differ
+    by orders of magnitude, and equal ratios (halving the public-only student's perplexity) look equal.
+    """
+    fmt = ".1f" if metric == "accuracy" else ".2f"
+    chart = series_chart(frame, UTILITY_LABELS[metric], fmt)
+    if references is None or references.empty:
+        return chart
+    if metric == "perplexity":
+        chart = alt.layer(*[layer.encode(y=alt.Y("value:Q", title=UTILITY_LABELS[metric],
+                                                  scale=alt.Scale(type="log"))) for layer in chart.layer])
+    rule = alt.Chart(references).mark_rule(color="#7f7f7f", strokeDash=[2, 3], strokeWidth=1.5).encode(
+        y="value:Q", tooltip=[alt.Tooltip("label:N", title="Reference"), alt.Tooltip("value:Q", format=fmt)])
+    text = alt.Chart(references).mark_text(align="left", dx=4, dy=-7, color="#555").encode(
+        y="value:Q", x=alt.value(0), text="label:N")
+    return alt.layer(chart, rule, text).properties(height=HEIGHT)
 
 
 def epsilon_chart(ledger: pd.DataFrame, budget: float | None, delta: float | None) -> AnyChart:

@@ -134,6 +134,25 @@ def metric_frame(detail: Mapping[str, Any], names: Iterable[str]) -> pd.DataFram
     return frame.drop_duplicates(["round", "series", "name"], keep="last").sort_values(["name", "series", "round"])
 
 
+REFERENCE_LINES = {"teacher-perplexity": "clients' teachers (non-private, not released)",
+                   "uniform-perplexity": "uniform guess (vocabulary size)"}
+
+
+def reference_frame(detail: Mapping[str, Any], metric: str) -> pd.DataFrame:
+    """Reference levels a utility chart draws as rules: columns ``label, value`` (last value of each).
+
+    For perplexity: the clients' non-private teachers and the uniform guess. Round 0 of the global series
+    (the public-only student) is a point of the series itself, not a rule.
+    """
+    rows: dict[str, float] = {}
+    if metric == "perplexity":
+        for m in sorted(detail.get("metrics", []), key=lambda m: m.get("round") or 0):
+            value = number(m.get("value"))
+            if m.get("client") is None and m.get("name") in REFERENCE_LINES and value is not None:
+                rows[REFERENCE_LINES[m["name"]]] = value
+    return pd.DataFrame({"label": list(rows), "value": list(rows.values())}, columns=["label", "value"])
+
+
 def utility_frame(detail: Mapping[str, Any], metric: str) -> pd.DataFrame:
     """Global and per-client utility per round (accuracy in percent); columns of :func:`metric_frame`."""
     frame = metric_frame(detail, [metric, CLIENT_METRIC.get(metric, metric)])

@@ -28,6 +28,7 @@ __all__ = [
     "tokenizer_from_json",
     "tokenizer_to_json",
     "train_tokenizer",
+    "wrap_tokenizer",
 ]
 
 PAD_TOKEN = "<pad>"
@@ -50,14 +51,19 @@ def _checked_texts(texts: Iterable[str], counter: list[int]) -> Iterator[str]:
         yield text
 
 
-def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
-    """Wrap a trained backend with fedveil's special tokens and padding conventions."""
+_FEDVEIL_SPECIALS = {"pad": PAD_TOKEN, "bos": BOS_TOKEN, "eos": EOS_TOKEN, "unk": UNK_TOKEN}
+_SPECIALS_KEY = "fedveil-specials"
+
+
+def _wrap(backend: Tokenizer, specials: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+    """Wrap a backend with its special tokens (fedveil's by default) and fedveil's padding conventions."""
+    sp = specials or _FEDVEIL_SPECIALS
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        pad_token=PAD_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
+        pad_token=sp["pad"],
+        bos_token=sp["bos"],
+        eos_token=sp["eos"],
+        unk_token=sp["unk"],
         # Generation batches prompts of different lengths; left padding keeps every prompt's last
         # token at the end of the row, where decoding continues.
         padding_side="left",
@@ -122,6 +128,16 @@ def train_tokenizer(
     return _wrap(backend)
 
 
+def wrap_tokenizer(backend: Tokenizer, specials: dict[str, str]) -> PreTrainedTokenizerFast:
+    """A checkpoint's own backend with its special tokens (keys pad, bos, eos, unk), padded on the left."""
+    return _wrap(Tokenizer.from_str(backend.to_str()), dict(specials))
+
+
+def _specials(tok: PreTrainedTokenizerFast) -> dict[str, str]:
+    return {"pad": str(tok.pad_token), "bos": str(tok.bos_token), "eos": str(tok.eos_token),
+            "unk": str(tok.unk_token)}
+
+
 def save_tokenizer(tok: PreTrainedTokenizerFast, directory: str | Path) -> Path:
     """Save ``tok`` (``tokenizer.json`` plus the transformers config files) into ``directory``.
 
@@ -146,9 +162,17 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
         raise FileNotFoundError(f"tokenizer directory {path} does not exist (create it with save_tokenizer)")
     if not (path / _TOKENIZER_FILE).is_file():
         raise FileNotFoundError(f"{path / _TOKENIZER_FILE} not found: {path} is not a saved fedveil tokenizer")
-    # Rebuilding from tokenizer.json with _wrap, rather than from_pretrained, pins the special tokens,
-    # padding side and clean-up setting to fedveil's conventions whatever the config files say.
-    return _wrap(Tokenizer.from_file(str(path / _TOKENIZER_FILE)))
+    # Rebuilding from tokenizer.json with _wrap, rather than from_pretrained, pins the padding side and
+    # clean-up setting to fedveil's conventions whatever the config files say; the special tokens are the
+    # saved ones (a checkpoint's tokenizer keeps its own), fedveil's when none were saved.
+    specials = None
+    config = path / "tokenizer_config.json"
+    if config.is_file():
+        saved = json.loads(config.read_text(encoding="utf-8"))
+        named = {k: saved.get(f"{k}_token") for k in _FEDVEIL_SPECIALS}
+        if all(isinstance(v, str) for v in named.values()):
+            specials = {k: str(v) for k, v in named.items()}
+    return _wrap(Tokenizer.from_file(str(path / _TOKENIZER_FILE)), specials)
 
 
 def tokenizer_fingerprint(tok: PreTrainedTokenizerFast) -> str:
@@ -189,8 +213,8 @@ def encode_records(
         raise TypeError("texts must be a sequence of str, not a single str")
     if len(texts) == 0:
         return []
-    bos_id = tok.convert_tokens_to_ids(BOS_TOKEN) if add_bos else None
-    eos_id = tok.convert_tokens_to_ids(EOS_TOKEN) if add_eos else None
+    bos_id = tok.bos_token_id if add_bos else None
+    eos_id = tok.eos_token_id if add_eos else None
     encoded = tok(list(texts), add_special_tokens=False)["input_ids"]
     out: list[list[int]] = []
     for ids in encoded:
@@ -202,14 +226,33 @@ def encode_records(
 
 
 def tokenizer_to_json(tok: PreTrainedTokenizerFast) -> str:
-    """The tokenizer as one JSON string, small enough to travel in a Flower ConfigRecord."""
-    return str(tok.backend_tokenizer.to_str())
+    """The tokenizer as one JSON string, small enough to travel in a Flower ConfigRecord.
+
+    fedveil's own tokenizers travel as the backend's JSON; a checkpoint's tokenizer, whose special
+    tokens differ, travels as ``{"fedveil-specials": {...}, "backend": "<backend JSON>"}``.
+    """
+    backend = str(tok.backend_tokenizer.to_str())
+    specials = _specials(tok)
+    if specials == _FEDVEIL_SPECIALS:
+        return backend
+    return json.dumps({_SPECIALS_KEY: specials, "backend": backend})
 
 
 def tokenizer_from_json(text: str) -> PreTrainedTokenizerFast:
     """Inverse of :func:`tokenizer_to_json`, with fedveil's special tokens and padding side."""
+    specials = None
     try:
+        doc = json.loads(text)
+        if isinstance(doc, dict) and _SPECIALS_KEY in doc:
+            raw = doc[_SPECIALS_KEY]
+            if not (isinstance(raw, dict) and set(raw) == set(_FEDVEIL_SPECIALS)
+                    and all(isinstance(v, str) for v in raw.values()) and isinstance(doc.get("backend"), str)):
+                raise ValueError("malformed special tokens")
+            specials, text = dict(raw), doc["backend"]
         backend = Tokenizer.from_str(text)
     except Exception as exc:  # noqa: BLE001 -- the tokenizers library raises a bare Exception
         raise ValueError(f"not a serialised tokenizer: {exc}") from None
-    return _wrap(backend)
+    for token in (specials or {}).values():
+        if backend.token_to_id(token) is None:
+            raise ValueError(f"not a serialised tokenizer: special token {token!r} is not in its vocabulary")
+    return _wrap(backend, specials)

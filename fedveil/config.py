@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 Scalar = bool | int | float | str
+#: Built-in model presets (their sizes live in distill.models.PRESETS).
+MODEL_PRESETS = ("student-xs", "student-s", "teacher-s")
 
 
 class ConfigError(ValueError):
@@ -48,7 +50,7 @@ class FederationConfig:
     """How many clients, rounds and how a round is run."""
 
     clients: int = _opt(4, "number of simulated clients (SuperNodes)", lo=1, hi=10_000)
-    rounds: int = _opt(3, "federated rounds", lo=1, hi=100_000)
+    rounds: int = _opt(4, "federated rounds", lo=1, hi=100_000)
     fraction_train: float = _opt(1.0, "fraction of clients sampled per round", lo=0.0, hi=1.0)
     min_clients: int = _opt(2, "minimum replies for a round to count", lo=1)
     round_timeout: float = _opt(900.0, "seconds to wait for replies in a round", lo=1.0)
@@ -83,10 +85,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Student and teacher architectures (named presets in distill.models)."""
+    """Student and teacher: named presets (distill.models) or local checkpoints (distill.hf)."""
 
-    student: str = _opt("student-xs", "student preset", choices=("student-xs", "student-s", "teacher-s"))
-    teacher: str = _opt("teacher-s", "teacher preset", choices=("student-xs", "student-s", "teacher-s"))
+    student: str = _opt("student-xs", "student: a preset (student-xs, student-s, teacher-s) or a local checkpoint "
+                        "directory (config.json + safetensors + tokenizer.json; never downloaded)")
+    teacher: str = _opt("teacher-s", "teacher: a preset or a local checkpoint directory (same tokenizer as the "
+                        "student)")
+    lora_rank: int = _opt(0, "0 = full fine-tuning; r > 0 = only rank-r LoRA adapters train and travel (DP-LoRA)",
+                          lo=0, hi=1024)
     device: str = _opt("auto", "torch device: auto picks CUDA when present", choices=("auto", "cpu", "cuda"))
 
 
@@ -94,13 +100,17 @@ class ModelConfig:
 class TrainConfig:
     """Local training on each client."""
 
-    method: str = _opt("dp-opd", "local objective", choices=("dp-sft", "dp-kd", "dp-opd"))
-    local_steps: int = _opt(8, "DP-SGD steps per client per round", lo=1)
+    method: str = _opt("dp-kd", "local objective (dp-kd: the best private method measured at this scale)",
+                       choices=("dp-sft", "dp-kd", "dp-opd"))
+    local_steps: int = _opt(16, "DP-SGD steps per client per round", lo=1)
     batch_size: int = _opt(16, "expected (Poisson) batch size", lo=1)
-    lr: float = _opt(2e-3, "student learning rate (Adam)", lo=0.0)
+    lr: float = _opt(3e-3, "student learning rate (Adam)", lo=0.0)
     teacher_steps: int = _opt(150, "teacher training steps on the client's records", lo=0)
     teacher_lr: float = _opt(3e-3, "teacher learning rate", lo=0.0)
     teacher_private: bool = _opt(True, "teacher trained on the client's private records (else public)")
+    public_steps: int = _opt(300, "steps of non-private pre-training of a built-in student on the public corpus "
+                             "before round 1 (cached by content hash; 0 = start from random weights)", lo=0)
+    public_lr: float = _opt(3e-3, "learning rate of the public warm start (Adam)", lo=0.0)
 
 
 @dataclass(frozen=True)
@@ -364,6 +374,12 @@ def _check_cross(cfg: Config) -> None:
     if cfg.privacy.enabled and not math.isfinite(cfg.privacy.target_epsilon):
         raise ConfigError(f"privacy.target_epsilon = {cfg.privacy.target_epsilon} is not allowed with "
                           "privacy.enabled = true; expected a finite budget")
+    for key in ("student", "teacher"):
+        name = getattr(cfg.model, key)
+        if name not in MODEL_PRESETS and not re.search(r"^[.~]|[\\/]", name):
+            raise ConfigError(f"model.{key} = {name!r} is not allowed; expected a preset ({', '.join(MODEL_PRESETS)}) "
+                              "or a local checkpoint directory written as a path (./dir or /abs/dir); nothing is "
+                              "downloaded")
     if cfg.distill.tau_max < cfg.distill.tau0:
         raise ConfigError(f"distill.tau_max = {cfg.distill.tau_max} is not allowed; expected >= distill.tau0")
 

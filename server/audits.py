@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from privacy.audit.measures import ALL_KINDS, DP_MODELS, AuditData, exposure_audit
-from distill.models import build_lm
+from distill.hf import load_travelling_state, student_lm
 from distill.tokenizer import tokenizer_to_json
 from fedveil.config import Config
 from fedveil.store import CanaryRow, EventRow, ExposureRow, Store
@@ -317,11 +317,11 @@ def round_audit_fn(cfg: Config, store: Store, run_id: str,
         return None
     data = AuditData(encode=encode, members=(), nonmembers=(), max_length=cfg.data.max_length, canaries=plan,
                      references=reference_candidates(cfg, encode, plan))
-    model = build_lm(cfg.model.student, len(tokenizer), seed=cfg.run.seed)
+    model = student_lm(cfg, len(tokenizer))
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         try:
-            model.load_state_dict(arrays.to_torch_state_dict())
+            load_travelling_state(model, arrays.to_torch_state_dict())
             result = exposure_audit(model, data)
             if result is None:
                 return None

@@ -20,10 +20,11 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from distill.textdata import public_corpus
-from distill.models import build_lm
+from distill.hf import run_tokenizer, travelling_state
+from distill.pretrain import public_student
 from distill.tokenizer import save_tokenizer, tokenizer_to_json, train_tokenizer
 from fedveil.config import Config, from_run_config, to_dict
-from fedveil.store import Store, default_db_url
+from fedveil.store import MetricRow, Store, default_db_url
 from server.audits import round_audit_fn, run_audits
 from server.nodes import greet, register, restore_ledgers, wait_for_nodes
 from server.statement import privacy_statement
@@ -76,11 +77,17 @@ def run_federation(grid: Grid, run_config: dict[str, Any]) -> str:
 def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     fed = cfg.federation
-    tokenizer = train_tokenizer(public_corpus(cfg.run.seed, cfg.data.public_records), vocab_size=cfg.data.vocab_size)
+    tokenizer = run_tokenizer(cfg.model.student, cfg.model.teacher, lambda: train_tokenizer(
+        public_corpus(cfg.run.seed, cfg.data.public_records), vocab_size=cfg.data.vocab_size))
     tok_dir = save_tokenizer(tokenizer, run_dir / "tokenizer")
     store.add_artifact(run_id, "tokenizer", str(tok_dir / "tokenizer.json"))
-    model = build_lm(cfg.model.student, len(tokenizer), seed=cfg.run.seed)
-    initial = ArrayRecord(model.state_dict())
+    # Public warm start (no ε: public text only), cached across runs by its recipe's hash (docs/METHODS.md §4).
+    model, warm = public_student(cfg, tokenizer, Path(cfg.run.run_dir) / "cache")
+    if warm is not None:
+        store.add_artifact(run_id, "public-student", Path(warm["path"]) / "model.safetensors")
+        log.info("public warm start %s (%s)", warm["key"][:16], "cached" if warm["cached"] else
+                 f"{warm['seconds']} s")
+    initial = ArrayRecord(travelling_state(model))
     checkpoint = run_dir / "checkpoint.npz"
     done = 0
     if cfg.run.resume and checkpoint.exists():
@@ -107,10 +114,13 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     strategy: PrivateFedAvg
     if cfg.he.enabled:
         from server.strategies.he_fedavg import HEFedAvg
-        template = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        template = {k: v.numpy() for k, v in travelling_state(model).items()}
         strategy = HEFedAvg(cfg=cfg, run_dir=run_dir, template=template, **kwargs)
     else:
         strategy = PrivateFedAvg(**kwargs)
+    if not done:  # round 0: the student every client starts from (public-only, or random)
+        strategy.evaluate_initial(grid, initial, ConfigRecord(common), fed.round_timeout)
+        store.add_metrics(run_id, [MetricRow("uniform-perplexity", float(len(tokenizer)), 0)])
     per_round = round_audit_fn(cfg, store, run_id, tokenizer)  # None unless audit.every_round (and HE off)
     evaluate_fn = None if per_round is None else (lambda r, arrays: per_round(r + done, arrays))
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=fed.rounds - done, timeout=fed.round_timeout,
@@ -123,8 +133,10 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
         np.savez(blob, **blobs)
         store.add_artifact(run_id, "global-student-encrypted", str(blob))
     elif final is not None:
-        model.load_state_dict(final.to_torch_state_dict())
+        from distill.hf import load_travelling_state, merged
         from distill.models import save_checkpoint
+        load_travelling_state(model, final.to_torch_state_dict())
+        model = merged(model)
         ckpt = save_checkpoint(model, run_dir / "global", meta={"run_id": run_id, "rounds": fed.rounds})
         store.add_artifact(run_id, "global-student", str(ckpt / "model.safetensors"))
     store.set_privacy_statement(run_id, privacy_statement(cfg, store.latest_ledger(run_id)))

@@ -50,3 +50,11 @@ def test_modules_named_in_methods_exist() -> None:
     assert named, "docs/METHODS.md names no module"
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, f"docs/METHODS.md names files that do not exist: {missing}"
+
+
+def test_readme_configuration_reference_is_the_generated_one() -> None:
+    """README's table is `fedveil config --reference` verbatim: a default changed in code shows up here."""
+    from fedveil.config import reference_markdown
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in reference_markdown().splitlines() if line.startswith("| `")]
+    assert rows and [r for r in rows if r not in readme] == []

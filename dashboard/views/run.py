@@ -19,6 +19,7 @@ from dashboard.frames import (
     metric_frame,
     rounds_frame,
     target_epsilon,
+    reference_frame,
     utility_frame,
     utility_metric,
 )
@@ -67,7 +68,11 @@ def utility_tab(detail: Mapping[str, Any]) -> None:
     if metric is None:
         st.info("No utility metric recorded yet (perplexity or accuracy appear after the first evaluated round).")
     else:
-        st.altair_chart(charts.utility_chart(utility_frame(detail, metric), metric), width="stretch")
+        st.altair_chart(charts.utility_chart(utility_frame(detail, metric), metric, reference_frame(detail, metric)),
+                        width="stretch")
+        if metric == "perplexity" and any(m["round"] == 0 for m in detail.get("metrics", [])
+                                          if m["name"] == "perplexity" and m.get("client") is None):
+            st.caption("Round 0 is the public-only student every client started from (public warm start, no ε).")
     loss = metric_frame(detail, ["train-loss"])
     if not loss.empty:
         st.altair_chart(charts.series_chart(loss, "Training loss (nats/token)"), width="stretch")

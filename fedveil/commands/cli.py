@@ -56,9 +56,9 @@ def run(config: Path | None = typer.Option(None, "-c", "--config", help=CONFIG_H
             cfg = load_config(config, set_)
         except ConfigError as exc:
             fail(str(exc))
+    _check_inputs(cfg)  # before absolutise, which provisions HE keys: a bad input leaves nothing behind
     url = db or cfg.store.url or db_url(None)
     cfg = absolutise(cfg, url)
-    _check_inputs(cfg)
     store = open_store(url)
     run_id = cfg.run.run_id
     console.print(f"[bold]fedveil run[/] {run_id}: {cfg.train.method}, {cfg.federation.clients} clients x "
@@ -99,7 +99,12 @@ def _resume_config(run_id: str, db: str | None) -> Any:
 
 
 def _check_inputs(cfg: Any) -> None:
-    """Fail before any work on data files that cannot be read."""
+    """Fail before any work on data files that cannot be read and models that cannot be used."""
+    from distill.hf import preflight
+    try:
+        preflight(cfg)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
     if cfg.data.task == "text-file":
         from distill.loaders import DataFileError, load_text_records
         for path in filter(None, [cfg.data.path, cfg.data.heldout_path]):

@@ -43,17 +43,44 @@ def open_store(db: str | None) -> Any:
         fail(str(exc))
 
 
+def utility_rows(metrics: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Held-out utility, the released student first, then the reference points it is judged against.
+
+    Perplexity runs show the global student by round (round 0 = the public-only warm start every client
+    started from), the clients' non-private teachers and the uniform guess over the vocabulary; the last
+    two are references, never released. Digits runs show accuracy by round.
+    """
+    glob: dict[str, dict[int, float]] = {m["name"]: {} for m in metrics}
+    for m in metrics:
+        if m["client"] is None and m["value"] is not None:
+            glob[m["name"]][m["round"] or 0] = float(m["value"])
+    rows: list[tuple[str, str]] = []
+    for name in ("perplexity", "accuracy"):
+        series = glob.get(name) or {}
+        trained = {r: v for r, v in series.items() if r > 0}
+        if not trained:
+            continue
+        last = max(trained)
+        rows.append((f"final {name}, global student (round {last})", f"{trained[last]:.3f}"))
+        rows.append((f"{name} by round", " → ".join(f"{series[r]:.1f}" for r in sorted(series))))
+        if 0 in series:
+            rows.append((f"{name}, public-only student (round 0)", f"{series[0]:.3f}"))
+    for name, label in (("teacher-perplexity", "perplexity, clients' teachers (non-private, not released)"),
+                        ("uniform-perplexity", "perplexity, uniform guess (vocabulary size)")):
+        if glob.get(name):
+            rows.append((label, f"{glob[name][max(glob[name])]:.3f}"))
+    return rows
+
+
 def print_summary(result: dict[str, Any], url: str, wall: float, peak_mb: float) -> None:
     """Print a finished (or failed) run as one table: ε per client, utility, audits, cost."""
     r = result["run"]
-    ppl = [m for m in result["metrics"] if m["name"] in ("perplexity", "accuracy") and m["client"] is None]
     table = Table(title=f"run {r['id']} — {r['status']}")
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("database", mask_url(url))  # the only form of a store URL ever shown
-    if ppl:
-        last = max(ppl, key=lambda m: m["round"] or 0)
-        table.add_row(f"final {last['name']} (round {last['round']})", f"{last['value']:.3f}")
+    for what, value in utility_rows(result["metrics"]):
+        table.add_row(what, value)
     eps: dict[int, float] = {}
     for row in result["privacy_ledger"]:
         eps[row["client_index"]] = max(eps.get(row["client_index"], 0.0), row["epsilon"])

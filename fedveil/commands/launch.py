@@ -46,6 +46,8 @@ def absolutise(cfg: Config, db_url: str) -> Config:
                               run_dir=str(Path(cfg.run.run_dir).resolve()))
     data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).resolve()) if cfg.data.path else "",
                                heldout_path=str(Path(cfg.data.heldout_path).resolve()) if cfg.data.heldout_path else "")
+    model = dataclasses.replace(cfg.model, student=_model_path(cfg.model.student),
+                                teacher=_model_path(cfg.model.teacher))
     key_dir = str(Path(cfg.he.key_dir).resolve()) if cfg.he.key_dir else ""
     if cfg.he.enabled and not key_dir:
         # Simulation: provision the federation's keys here, before the server starts, so the
@@ -55,7 +57,13 @@ def absolutise(cfg: Config, db_url: str) -> Config:
         write_keys(key_dir, cfg.he.profile)
     he = dataclasses.replace(cfg.he, key_dir=key_dir)
     store = dataclasses.replace(cfg.store, url=db_url)
-    return cfg.replace(run=run, data=data, he=he, store=store)
+    return cfg.replace(run=run, data=data, model=model, he=he, store=store)
+
+
+def _model_path(name: str) -> str:
+    """A checkpoint directory made absolute (``flwr run`` starts the apps elsewhere); presets unchanged."""
+    from fedveil.config import MODEL_PRESETS
+    return name if name in MODEL_PRESETS else str(Path(name).expanduser().resolve())
 
 
 class PeakMemory:

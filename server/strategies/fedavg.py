@@ -26,7 +26,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedveil.wire import as_float, as_int, float_or, str_or
+from fedveil.wire import as_float, as_int, float_or, int_or, str_or
 from fedveil.store import EventRow, HERow, LedgerRow, MetricRow, Store
 from server import aggregation
 from server.validation import (
@@ -271,11 +271,14 @@ class PrivateFedAvg(FedAvg):
                 max_grad_norm=self.max_grad_norm, grad_sample_mode=str_or(priv, "grad-sample-mode", ""),
                 server_round=server_round))
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Exact global perplexity: exp(Σ NLL / Σ tokens) over the clients' held-out shards."""
-        server_round += self.round_offset
-        nll, tokens = 0.0, 0
-        assert self.round is not None
+    def held_out_rows(self, server_round: int, replies: Iterable[Message]) -> list[MetricRow]:
+        """Exact perplexities, exp(Σ NLL / Σ tokens) over the clients' held-out shards, as metric rows.
+
+        ``perplexity`` (global student) and ``client-perplexity`` always; ``teacher-perplexity`` (the clients'
+        non-private teachers, a reference that is never released) when the replies carry it.
+        """
+        sums: dict[str, list[float]] = {"perplexity": [0.0, 0], "teacher-perplexity": [0.0, 0]}
+        rows: list[MetricRow] = []
         for msg in replies:
             if _superlink_unavailable(msg):
                 continue
@@ -285,22 +288,45 @@ class PrivateFedAvg(FedAvg):
                 continue
             try:
                 m = check_metrics(msg, ("nll-sum", "tokens"))
+                c_nll, c_tok = as_float(m, "nll-sum"), as_int(m, "tokens")
+                t_nll, t_tok = float_or(m, "teacher-nll-sum", 0.0), int_or(m, "teacher-tokens", 0)
+                if min(c_nll, c_tok, t_nll, t_tok) < 0:
+                    raise RejectedReply("negative NLL or token count")
             except RejectedReply as exc:
                 self._event(server_round, msg, "rejected", f"evaluate: {exc}")
                 continue
-            c_nll, c_tok = as_float(m, "nll-sum"), as_int(m, "tokens")
-            nll, tokens = nll + c_nll, tokens + c_tok
+            for name, nll, tok in (("perplexity", c_nll, c_tok), ("teacher-perplexity", t_nll, t_tok)):
+                sums[name][0] += nll
+                sums[name][1] += tok
             if c_tok:
-                client = self.client_of(msg)
-                self.round.metrics.append(MetricRow("client-perplexity", math.exp(c_nll / c_tok), server_round, client))
-        result = None
-        if tokens:
-            ppl = math.exp(nll / tokens)
-            self.round.metrics.append(MetricRow("perplexity", ppl, server_round))
-            result = MetricRecord({"perplexity": ppl, "tokens": tokens})
-            log.info("round %d: global held-out perplexity %.3f over %d tokens", server_round, ppl, tokens)
+                rows.append(MetricRow("client-perplexity", math.exp(c_nll / c_tok), server_round,
+                                      self.client_of(msg)))
+        for name, (total, count) in sums.items():
+            if count:
+                rows.append(MetricRow(name, math.exp(total / count), server_round))
+                log.info("round %d: %s %.3f over %d held-out tokens", server_round, name, math.exp(total / count),
+                         count)
+        return rows
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Held-out perplexities of the round (:meth:`held_out_rows`), then the round is recorded."""
+        server_round += self.round_offset
+        assert self.round is not None
+        rows = self.held_out_rows(server_round, replies)
+        self.round.metrics.extend(rows)
         self._flush(server_round, "completed")
-        return result
+        ppl = [r.value for r in rows if r.name == "perplexity" and r.client_index is None]
+        return MetricRecord({"perplexity": ppl[0]}) if ppl else None
+
+    def evaluate_initial(self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, timeout: float) -> None:
+        """Held-out perplexity of the initial global student (round 0: the public warm start, or random)."""
+        self.round = RoundLog(started_at=datetime.now(UTC), t0=time.perf_counter())
+        replies = grid.send_and_receive(self.configure_evaluate(0, arrays, config, grid), timeout=timeout)
+        rows = [r for r in self.held_out_rows(0, replies) if r.name != "teacher-perplexity"]
+        self.store.add_metrics(self.run_id, rows)
+        if self.round.events:
+            self.store.add_events(self.run_id, self.round.events)
+        self.round = None
 
     def _flush(self, server_round: int, status: str) -> None:
         assert self.round is not None

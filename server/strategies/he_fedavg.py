@@ -49,6 +49,9 @@ class HEFedAvg(PrivateFedAvg):
     def __init__(self, *, cfg: Config, run_dir: Path, template: dict[str, np.ndarray], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._pending_server_row: HERow | None = None  # the aggregate's HE row, completed after evaluate
+        # (round nonce, summed hello-declared weight) of the last aggregate; None before the first one (and on
+        # resume, whose checkpointed aggregate is then checked by its verification block only).
+        self._aggregated: tuple[str, float] | None = None
         if not cfg.he.key_dir:
             raise FileNotFoundError("he.enabled is true but he.key_dir is empty: create keys with "
                                     "`fedveil keys init --out DIR` and set he.key_dir (fedveil run does this)")
@@ -60,9 +63,23 @@ class HEFedAvg(PrivateFedAvg):
         self.expected_specs = specs_of(payload_arrays(template, self.value_scale, self.verify))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any) -> Iterable[Message]:
+        aggregated = self._aggregated
         messages = super().configure_train(server_round, arrays, config, grid)
         self.spec = None  # plaintext shape checks do not apply to ciphertext replies
-        return messages
+        return self._expect(messages, aggregated)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any) -> Iterable[Message]:
+        return self._expect(super().configure_evaluate(server_round, arrays, config, grid), self._aggregated)
+
+    @staticmethod
+    def _expect(messages: Iterable[Message], aggregated: tuple[str, float] | None) -> list[Message]:
+        """Tell the key holders what the aggregate they receive must decrypt to (client.he_client.decrypt_mean)."""
+        out = list(messages)
+        if aggregated is not None:
+            for msg in out:
+                conf = msg.content.config_records["config"]
+                conf["he-aggregate-nonce"], conf["he-aggregate-weight"] = aggregated
+        return out
 
     def validate_update(self, msg: Message) -> EncryptedPayload:
         content = msg.content
@@ -83,6 +100,8 @@ class HEFedAvg(PrivateFedAvg):
         assert self.round is not None
         t0 = time.perf_counter()
         total = sum_payloads(self.public_ctx, [payload for _, payload, _ in accepted])
+        scale = float(max(sum(r.num_examples for r in self.nodes.values()), 1))  # = the he-scale clients use
+        self._aggregated = (self.nonce or "", float(sum(self.weight_of(msg) for msg, _, _ in accepted)) / scale)
         agg_s = time.perf_counter() - t0 + getattr(self, "_validate_s", 0.0)
         self._validate_s = 0.0
         for msg, payload, m in accepted:

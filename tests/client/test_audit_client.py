@@ -23,7 +23,8 @@ from privacy.dp import DPSession, Ledger, poisson_batches, run_dp_steps
 from privacy.he.layout import is_encrypted
 from client.protocol import ProtocolError
 from distill.textdata import client_texts, heldout_shard, public_corpus, tokenise, with_canaries
-from client.trainers import LMTrainer, SFTConfig, train_teacher
+from client.trainers import LMTrainer, SFTConfig
+from distill.pretrain import train_plain
 from distill.models import build_lm
 from distill.tokenizer import tokenizer_from_json, tokenizer_to_json, train_tokenizer
 from fedveil.config import load_config, to_run_config
@@ -180,7 +181,7 @@ def _sixteen_fold(result: dict) -> list[float]:
 def test_non_private_model_exposes_16_fold_canaries(tok: Any, issue_setup: tuple) -> None:
     _, train, data = issue_setup
     model = build_lm("student-xs", len(tok), seed=0)
-    train_teacher(model, train, steps=STEPS, lr=3e-3, batch_size=16, rng=np.random.default_rng(0),
+    train_plain(model, train, steps=STEPS, lr=3e-3, batch_size=16, rng=np.random.default_rng(0),
                   device=torch.device("cpu"))
     result = audit_client_models({"global": model}, data, ("exposure", "epsilon"))
     exposures = _sixteen_fold(result)

@@ -199,3 +199,21 @@ def test_bounds_frame_shows_power_and_says_when_the_audit_cannot_reach_the_claim
     assert bounds["control"].tolist() == [False, False, True] and bounds["flagged"].tolist() == [False, False, True]
     assert bounds["accountant_epsilon"].iloc[2] == 2.0  # the control is compared with the DP run's claim
     assert bounds["bound"].iloc[1].startswith("one-run · global student · all clients")
+
+
+def test_reference_lines_are_the_teacher_and_uniform_levels_and_log_scaled() -> None:
+    from dashboard.charts import utility_chart
+    from dashboard.frames import reference_frame
+    detail = {"metrics": [{"name": "perplexity", "round": r, "client": None, "value": v}
+                          for r, v in ((0, 120.0), (1, 90.0), (2, 70.0))]
+              + [{"name": "teacher-perplexity", "round": r, "client": None, "value": v}
+                 for r, v in ((1, 13.0), (2, 12.0))]
+              + [{"name": "uniform-perplexity", "round": 0, "client": None, "value": 1024.0}]}
+    ref = reference_frame(detail, "perplexity")
+    assert dict(zip(ref["label"], ref["value"], strict=True)) == {
+        "clients' teachers (non-private, not released)": 12.0, "uniform guess (vocabulary size)": 1024.0}
+    assert reference_frame(detail, "accuracy").empty
+    spec = utility_chart(utility_frame(detail, "perplexity"), "perplexity", ref).to_dict()
+    assert spec["layer"][0]["layer"][0]["encoding"]["y"]["scale"]["type"] == "log" and len(spec["layer"]) == 3
+    # the round-0 point (public-only student) is part of the global series
+    assert 0 in set(utility_frame(detail, "perplexity")["round"])

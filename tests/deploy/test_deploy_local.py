@@ -46,6 +46,7 @@ method = "dp-opd"
 local_steps = 2
 batch_size = 8
 teacher_steps = 3
+public_steps = 5
 [distill]
 gen_length = 6
 prompt_length = 8
@@ -277,7 +278,7 @@ def test_deployment_completes_with_he_and_is_stored(deployed: dict[str, object])
         assert c["num_examples"] == len(records.read_text().splitlines()) > 0
         assert _mode(records) == 0o600
     ppl = [m for m in result["metrics"] if m["name"] == "perplexity"]
-    assert [m["round"] for m in ppl] == [1, 2] and all(m["value"] > 1 for m in ppl)
+    assert [m["round"] for m in ppl] == [0, 1, 2] and all(m["value"] > 1 for m in ppl)
     assert result["privacy_ledger"] and all(0 < row["epsilon"] <= 2.0 for row in result["privacy_ledger"])
     listed = subprocess.run([FEDVEIL, "runs", "--format", "json", "--db", str(deployed["db"])],
                             capture_output=True, text=True, cwd=str(deployed["work"]))

@@ -25,6 +25,7 @@ method = "dp-opd"
 local_steps = 2
 batch_size = 8
 teacher_steps = 3
+public_steps = 5
 [distill]
 gen_length = 6
 prompt_length = 8

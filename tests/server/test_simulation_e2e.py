@@ -30,7 +30,9 @@ def test_simulation_stores_a_complete_run(small_run: tuple[Path, str, str]) -> N
     assert sorted(c["client_index"] for c in shown["clients"]) == [0, 1]
     assert {c["teacher_provenance"] for c in shown["clients"]} == {"private-non-dp"}
     ppl = [m for m in shown["metrics"] if m["name"] == "perplexity"]
-    assert [m["round"] for m in ppl] == [1, 2] and all(m["value"] > 1 for m in ppl)
+    # round 0: the public warm start every client started from, measured like the trained rounds
+    assert [m["round"] for m in ppl] == [0, 1, 2] and all(m["value"] > 1 for m in ppl)
+    assert "public-student" in {a["kind"] for a in shown["artifacts"]}
     ledger = shown["privacy_ledger"]
     assert len(ledger) == 4
     for row in ledger:
