@@ -4,6 +4,8 @@ Message protocol (every field is validated by :mod:`client.protocol` before use)
 
 ``query.hello``  ← "config" (the run's tokenizer as JSON, kept in Context.state);
                  → reply ConfigRecord "hello": partition-id, num-examples, device.
+``query.restore`` ← "ledger" (the store's copy of this node's history, on resume);
+                 → "restored": ok, steps (the node's own count; its own ledger wins).
 ``query.audit``  ← "arrays" (final global weights), "config" (server-round, tokenizer sha256, kinds);
                  → ConfigRecord "audit": JSON strings of exposure / memorisation / MIA / ε results.
 ``train``        ← "arrays" (global weights, plaintext or CKKS payload), "config" (server-round,
@@ -49,9 +51,10 @@ def hello(msg: Message, context: Context) -> Message:
 
 @app.query("restore")
 def restore(msg: Message, context: Context) -> Message:
-    """On resume: take the accountant history the store kept, so ε continues and is never reset."""
-    runtime.restore_ledger(msg, context)
-    return Message(RecordDict({"restored": ConfigRecord({"ok": True})}), reply_to=msg)
+    """On resume: check the server's copy of this node's history against the node's own ledger, which
+    wins; reply with the node's step count (the server checks later replies against it)."""
+    steps = runtime.restore_ledger(msg, context)
+    return Message(RecordDict({"restored": ConfigRecord({"ok": True, "steps": steps})}), reply_to=msg)
 
 
 @app.train()

@@ -27,6 +27,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client import he_client, runtime
+from client.node_store import load_ledger
 from privacy.audit.measures import ALL_KINDS, AuditData, audit_client_models, client_canaries
 from privacy.dp import Ledger, default_delta
 from client.protocol import ProtocolError, require_config
@@ -197,7 +198,7 @@ def audit_node(node: runtime.NodeState, context: Context, request: runtime.Reque
     models = _models(node, context, request)
     saved = _save(cfg, pid, models)
     own = node.texts()
-    ledger = dict(context.state.config_records["ledger"]) if "ledger" in context.state.config_records else None
+    ledger = load_ledger(node.directory(context), cfg.privacy.accountant).state_dict()
     n_train = len(with_canaries(cfg, pid, own, tokenizer))
     result = measure_node(cfg, tokenizer, pid, models, own, steps=dp_steps_taken(cfg, ledger),
                           delta=audit_delta(cfg, ledger, n_train), kinds=kinds, device=node.device)

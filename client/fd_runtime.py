@@ -14,7 +14,8 @@ Message protocol (``data.task = "digits"``; every field is checked before use)
                    the client's classes).
 
 State kept in ``Context.state`` between rounds: the classifier (``fd-model``), the fitted
-KMeans filter (``fd-filter``), the DP ledger (``ledger``) and whether warm-up is done.
+KMeans filter (``fd-filter``) and whether warm-up is done; the DP ledger is the node's own file
+(:mod:`client.node_store`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from privacy.dp import Ledger, PrivacyBudgetExhausted
+from client.node_store import load_ledger, run_node_dir, save_ledger
+from privacy.dp import PrivacyBudgetExhausted
 from privacy.dp.randomness import noise_source, reproducible_key
 from client.fd_train import DigitsNode, dp_plan, fit_filter, load_node, train_classifier
 from client.protocol import ProtocolError, echo_nonce, require_config, require_int
@@ -232,9 +234,8 @@ def handle_train(msg: Message, context: Context) -> Message:
         if mode in SOFT_LABEL_MODES:
             targets, kept, decrypt_s = received_targets(node, context, arrays, conf)
 
-    ledger = Ledger(cfg.privacy.accountant)
-    if "ledger" in context.state.config_records:
-        ledger.load_state_dict(dict(context.state.config_records["ledger"]))
+    directory = run_node_dir(context.node_config, cfg.run.run_id, context.run_id, node.partition_id)
+    ledger = load_ledger(directory, cfg.privacy.accountant)  # the node's own (client.node_store)
     plan = dp_plan(cfg, len(node.data.y))
     epochs = cfg.fd.warmup_epochs if first else cfg.fd.local_epochs
     proxy = (node.task.X_proxy[kept], targets) if len(kept) else None
@@ -243,7 +244,7 @@ def handle_train(msg: Message, context: Context) -> Message:
                          if cfg.privacy.reproducible_noise else None)
     result = train_classifier(model, node, epochs, plan, ledger, proxy, rng, noise, server_round)
 
-    context.state.config_records["ledger"] = ConfigRecord(ledger.state_dict())  # type: ignore[arg-type]
+    save_ledger(directory, ledger)  # spent: recorded on the node before the upload leaves it
     context.state.config_records["fd-state"] = ConfigRecord({"last-round": server_round})
     metrics: dict[str, MetricValue] = {"num-examples": len(node.data.y), "partition-id": node.partition_id,
                                        "proxy-kept": len(kept), "epochs": epochs, **result.metrics}

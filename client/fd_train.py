@@ -175,7 +175,7 @@ def train_classifier(model: torch.nn.Module, node: DigitsNode, epochs: int, plan
                                         fd.batch_size, rng, mu=fd.mu, temperature=fd.temperature)
         metrics: dict[str, float | int] = {"epsilon": -1.0, "delta": 0.0, "noise-multiplier": 0.0,
                                            "sample-rate": min(1.0, fd.batch_size / n), "steps": 0}
-        if math.isfinite(loss):
+        if math.isfinite(loss) and cfg.privacy.release_train_loss:  # private records: only when asked, stated
             metrics["train-loss"] = loss
         return RoundOutcome(metrics, "non-private")
     round_steps = epochs * math.ceil(n / fd.batch_size)
@@ -194,6 +194,6 @@ def train_classifier(model: torch.nn.Module, node: DigitsNode, epochs: int, plan
     metrics = {"epsilon": eps, "delta": plan.delta, "noise-multiplier": plan.noise_multiplier,
                "sample-rate": plan.sample_rate, "steps": ledger.steps, "round-steps": round_steps,
                "empty-batches": empty}
-    if losses:
+    if losses and cfg.privacy.release_train_loss:  # computed on private batches: only when asked, stated
         metrics["train-loss"] = float(np.mean(losses))
     return RoundOutcome(metrics, mode)

@@ -26,16 +26,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedveil.files import private_dir, write_private
 from privacy.dp.accounting import Ledger
 
-__all__ = ["LEDGER_FILE", "NODE_DIR_ENV", "NODE_DIR_KEY", "LedgerCorrupt", "load_ledger", "node_dir",
-           "node_root", "reconcile", "save_ledger"]
+__all__ = ["LEDGER_FILE", "NODE_DIR_ENV", "NODE_DIR_KEY", "LedgerCorrupt", "load_ledger", "load_round", "node_dir",
+           "node_root", "reconcile", "run_node_dir", "save_ledger", "save_round"]
 
 log = logging.getLogger("fedveil.client")
 NODE_DIR_KEY = "state-dir"
 NODE_DIR_ENV = "FEDVEIL_NODE_DIR"
 LEDGER_FILE = "ledger.json"
+ROUND_FILE = "last-round.safetensors"  # the node's last released update, for a resumed run's repeat of that round
 
 
 class LedgerCorrupt(RuntimeError):
@@ -55,6 +58,11 @@ def node_dir(node_config: Mapping[str, Any], run_id: str, partition_id: int) -> 
     if not run_id or "/" in run_id or run_id in (".", ".."):
         raise ValueError(f"run id {run_id!r} cannot name a node state directory")
     return private_dir(node_root(node_config) / run_id / f"client-{int(partition_id)}")
+
+
+def run_node_dir(node_config: Mapping[str, Any], run_id: str, flower_run_id: int, partition_id: int) -> Path:
+    """:func:`node_dir` of the store's run id; a direct call without one keys by Flower's run id."""
+    return node_dir(node_config, run_id or f"flwr-{int(flower_run_id)}", partition_id)
 
 
 def load_ledger(directory: Path, accountant: str) -> Ledger:
@@ -102,3 +110,34 @@ def reconcile(own: Ledger, sent: Mapping[str, Any]) -> Ledger:
     log.warning("server-sent ledger (%d steps) differs from this node's own (%d steps): keeping the node's",
                 theirs.steps, own.steps)
     return own
+
+
+def save_round(directory: Path, server_round: int, input_digest: str, state: Mapping[str, torch.Tensor],
+               stats: Mapping[str, float | int | str]) -> None:
+    """Keep the update this node released in ``server_round`` (trained from the global state ``input_digest``).
+
+    A resumed run repeats the round after the last checkpoint; when the server sends the same global
+    state again, the node sends the same update again (post-processing of a released output costs no
+    ε) instead of spending budget on a round whose first release the server lost.
+    """
+    from safetensors.torch import save
+
+    meta = {"round": str(int(server_round)), "input": input_digest, "stats": json.dumps(dict(stats))}
+    write_private(directory / ROUND_FILE, save({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                                               metadata=meta))
+
+
+def load_round(directory: Path, server_round: int,
+               input_digest: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The update saved by :func:`save_round` if it answered this very round and global state, else None."""
+    from safetensors import safe_open
+
+    path = directory / ROUND_FILE
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        if meta.get("round") != str(int(server_round)) or meta.get("input") != input_digest:
+            return None
+        state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    return state, dict(json.loads(meta.get("stats", "{}")))

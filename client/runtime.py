@@ -11,6 +11,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.app.typing import ConfigRecordValues, MetricRecordValues
 
 from client import he_client
+from client.node_store import load_ledger, load_round, reconcile, run_node_dir, save_ledger, save_round
 from privacy.dp.randomness import noise_source, reproducible_key
 from privacy.dp import (
     DPSession,
@@ -75,6 +77,10 @@ class NodeState:
     def num_examples(self) -> int:
         return len(self.texts())
 
+    def directory(self, context: Context) -> Path:
+        """This node's own state directory for the run (ledger, last update; :mod:`client.node_store`)."""
+        return run_node_dir(context.node_config, self.cfg.run.run_id, context.run_id, self.partition_id)
+
 
 @lru_cache(maxsize=8)
 def _config(items: tuple[tuple[str, Any], ...]) -> Config:
@@ -107,11 +113,21 @@ def remember_tokenizer(msg: Message, context: Context) -> None:
     context.state.config_records["tokenizer"] = ConfigRecord({"json": tok_json})
 
 
-def restore_ledger(msg: Message, context: Context) -> None:
-    """Install the ledger history sent on resume (validated by Ledger.load_state_dict)."""
-    state = dict(require_config(msg.content, "ledger"))
-    Ledger().load_state_dict(state)  # raises on a malformed history before anything is kept
-    context.state.config_records["ledger"] = ConfigRecord(state)
+def restore_ledger(msg: Message, context: Context) -> int:
+    """On resume: compare the server's copy of this node's history with the node's own ledger.
+
+    The node's own wins (:func:`client.node_store.reconcile`); a sent history is adopted only when it
+    extends the node's (ε can only rise). Returns the node's step count, which the server checks
+    later replies against.
+    """
+    node = NodeState.from_context(context)
+    sent = dict(require_config(msg.content, "ledger"))
+    directory = node.directory(context)
+    own = load_ledger(directory, node.cfg.privacy.accountant)
+    kept = reconcile(own, sent)  # raises ValueError on a malformed history before anything is kept
+    if kept is not own:
+        save_ledger(directory, kept)
+    return kept.steps
 
 
 def parse_request(msg: Message, context: Context, *, first_round: int = 1) -> Request:
@@ -175,16 +191,21 @@ def _global_student(node: NodeState, request: Request) -> torch.nn.Module:
     return model
 
 
-def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedRecords) -> tuple[torch.nn.Module, str]:
+def teacher_provenance(cfg: Config) -> str:
+    """What the teacher saw: none for DP-SFT; a checkpoint used as it is (teacher_steps = 0) saw no record."""
+    if isinstance(trainer_config(cfg), SFTConfig):
+        return "none"
+    return "private-non-dp" if cfg.train.teacher_private and cfg.train.teacher_steps > 0 else "public"
+
+
+def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedRecords) -> torch.nn.Module:
     """The frozen teacher, trained once per run and kept in Context.state."""
     cfg = node.cfg
     teacher = teacher_lm(cfg, len(tokenizer), seed=cfg.run.seed + 1 + node.partition_id)
-    # A checkpoint teacher used as it is (teacher_steps = 0) saw none of the client's records.
-    provenance = "private-non-dp" if cfg.train.teacher_private and cfg.train.teacher_steps > 0 else "public"
     if "teacher" in context.state.array_records:
         teacher.load_state_dict(context.state.array_records["teacher"].to_torch_state_dict())
         teacher.to(node.device)
-        return teacher.eval(), provenance
+        return teacher.eval()
     if cfg.train.teacher_private:
         source = data
     else:
@@ -195,7 +216,7 @@ def _teacher(node: NodeState, context: Context, tokenizer: Any, data: TokenisedR
     train_plain(teacher, source, steps=cfg.train.teacher_steps, lr=cfg.train.teacher_lr,
                   batch_size=cfg.train.batch_size, rng=rng, device=node.device)
     context.state.array_records["teacher"] = ArrayRecord(teacher.state_dict())
-    return teacher.eval(), provenance
+    return teacher.eval()
 
 
 def trainer_config(cfg: Config) -> TrainerConfig:
@@ -203,8 +224,62 @@ def trainer_config(cfg: Config) -> TrainerConfig:
     return METHODS[cfg.train.method](cfg.distill)
 
 
+def arrays_digest(arrays: ArrayRecord) -> str:
+    """SHA-256 of a received global state (names, dtypes, shapes, bytes): which input a round's update answers."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = arrays[name]
+        h.update(f"{name}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
 def train_round(node: NodeState, request: Request, context: Context) -> TrainResult:
-    """Load the global student, run the planned DP-SGD steps, return weights and the ledger."""
+    """One round: the node's own ledger, the planned DP-SGD steps (or a repeat), the reply.
+
+    The ledger is read from and written to the node's state directory (:mod:`client.node_store`),
+    after the steps and before the update leaves the node. A round the node already answered for this
+    very global state (a resumed run repeating the round after its last checkpoint) is answered with
+    the same update again: re-sending a released output costs no ε (docs/METHODS.md §2).
+    """
+    cfg = node.cfg
+    directory = node.directory(context)
+    ledger = load_ledger(directory, cfg.privacy.accountant)
+    n = len(_data(node, request.tokenizer))
+    delta = cfg.privacy.delta or default_delta(n)
+    digest = arrays_digest(request.arrays)
+    repeat = load_round(directory, request.server_round, digest)
+    if repeat is None:
+        student, stats = _train_steps(node, request, context, ledger, delta)
+        save_ledger(directory, ledger)  # the node's budget is spent: recorded before anything leaves
+        save_round(directory, request.server_round, digest, travelling_state(student), stats)
+    else:
+        log.info("client %d: round %d already answered for this global state; sending the same update",
+                 node.partition_id, request.server_round)
+        student = student_lm(cfg, len(request.tokenizer))
+        load_travelling_state(student, repeat[0])
+        stats = repeat[1]
+    # The node's last local student, kept for the end-of-run audit (never sent anywhere else).
+    context.state.array_records["student"] = ArrayRecord(travelling_state(student))
+    dp = cfg.privacy.enabled
+    eps = ledger.epsilon(delta) if dp else float("inf")
+    # The HE weight is the hello-declared record count (canary copies excluded), the count the server checks.
+    arrays, he_metrics = he_client.encode_update(node, request, student, node.num_examples())
+    metrics: dict[str, MetricRecordValues] = {
+        "num-examples": n, "epsilon": eps if np.isfinite(eps) else -1.0, "delta": delta,
+        "steps": ledger.steps, "partition-id": node.partition_id, **he_metrics,
+        **{k: v for k, v in stats.items() if k != "grad-sample-mode"},
+    }
+    privacy: dict[str, ConfigRecordValues] = {
+        "accountant": cfg.privacy.accountant, "grad-sample-mode": str(stats["grad-sample-mode"]),
+        "teacher-provenance": teacher_provenance(cfg), "dp": dp,
+    }
+    return TrainResult(arrays, metrics, privacy)
+
+
+def _train_steps(node: NodeState, request: Request, context: Context, ledger: Ledger,
+                 delta: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The planned DP-SGD steps on the global student; ``ledger`` is advanced in place."""
     cfg = node.cfg
     seed_key = f"{cfg.run.seed}/{node.partition_id}/{request.server_round}"
     seed = int(hashlib.sha256(seed_key.encode()).hexdigest()[:8], 16)
@@ -213,15 +288,8 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
     data = _data(node, request.tokenizer)
     n = len(data)
     tconf = trainer_config(cfg)
-    teacher, provenance = (
-        (None, "none") if isinstance(tconf, SFTConfig) else _teacher(node, context, request.tokenizer, data)
-    )
+    teacher = None if isinstance(tconf, SFTConfig) else _teacher(node, context, request.tokenizer, data)
     student = _global_student(node, request)
-
-    ledger = Ledger(cfg.privacy.accountant)
-    if "ledger" in context.state.config_records:
-        ledger.load_state_dict(dict(context.state.config_records["ledger"]))
-    delta = cfg.privacy.delta or default_delta(n)
     sigma, q = None, min(1.0, cfg.train.batch_size / n)
     if cfg.privacy.enabled:
         plan = plan_noise(target_epsilon=cfg.privacy.target_epsilon, delta=delta, n_records=n,
@@ -245,26 +313,12 @@ def train_round(node: NodeState, request: Request, context: Context) -> TrainRes
                         generator=noise.generator)
     batches = poisson_batches(n, q, cfg.train.local_steps, noise.rng)
     losses = run_dp_steps(session, batches, lambda idx: trainer.loss(session, idx), ledger if sigma else None, q)
-    student = session.close()
-    # The node's last local student, kept for the end-of-run audit (never sent anywhere else).
-    context.state.array_records["student"] = ArrayRecord(travelling_state(student))
-    context.state.config_records["ledger"] = ConfigRecord(ledger.state_dict())  # type: ignore[arg-type]
-    eps = ledger.epsilon(delta) if sigma else float("inf")
-
-    # The HE weight is the hello-declared record count (canary copies excluded), the count the server checks.
-    arrays, he_metrics = he_client.encode_update(node, request, student, node.num_examples())
-    metrics: dict[str, MetricRecordValues] = {
-        "num-examples": n, "train-loss": float(np.mean(losses)) if losses else float("nan"),
-        "epsilon": eps if np.isfinite(eps) else -1.0, "delta": delta, "noise-multiplier": sigma or 0.0,
-        "sample-rate": q, "steps": ledger.steps, "round-steps": len(batches),
-        "empty-batches": sum(1 for b in batches if len(b) == 0), "on-policy-steps": trainer.on_policy_steps,
-        "partition-id": node.partition_id, **he_metrics,
-    }
-    privacy: dict[str, ConfigRecordValues] = {
-        "accountant": cfg.privacy.accountant, "grad-sample-mode": session.mode,
-        "teacher-provenance": provenance, "dp": sigma is not None,
-    }
-    return TrainResult(arrays, metrics, privacy)
+    stats: dict[str, Any] = {"noise-multiplier": sigma or 0.0, "sample-rate": q, "round-steps": len(batches),
+             "empty-batches": sum(1 for b in batches if len(b) == 0), "on-policy-steps": trainer.on_policy_steps,
+             "grad-sample-mode": session.mode}
+    if cfg.privacy.release_train_loss:  # computed on private batches: released only when asked and stated
+        stats["train-loss"] = float(np.mean(losses)) if losses else float("nan")
+    return session.close(), stats
 
 
 def evaluate_global(node: NodeState, request: Request, context: Context) -> dict[str, float]:
@@ -281,6 +335,6 @@ def evaluate_global(node: NodeState, request: Request, context: Context) -> dict
     nll, tokens = heldout_nll(model, data, node.device)
     out = {"nll-sum": nll, "tokens": tokens}
     if "teacher" in context.state.array_records:
-        teacher, _ = _teacher(node, context, request.tokenizer, data)
+        teacher = _teacher(node, context, request.tokenizer, data)
         out["teacher-nll-sum"], out["teacher-tokens"] = heldout_nll(teacher, data, node.device)
     return out

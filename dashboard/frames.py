@@ -134,7 +134,7 @@ def metric_frame(detail: Mapping[str, Any], names: Iterable[str]) -> pd.DataFram
     return frame.drop_duplicates(["round", "series", "name"], keep="last").sort_values(["name", "series", "round"])
 
 
-REFERENCE_LINES = {"teacher-perplexity": "clients' teachers (non-private, not released)",
+REFERENCE_LINES = {"teacher-perplexity": "clients' teachers (non-DP; kept on the nodes)",
                    "uniform-perplexity": "uniform guess (vocabulary size)"}
 
 

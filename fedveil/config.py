@@ -145,6 +145,8 @@ class PrivacyConfig:
                                  "hooks (Opacus)", choices=("bk", "ghost", "hooks"))
     reproducible_noise: bool = _opt(False, "TESTS/BENCHMARKS ONLY: seed DP noise and Poisson sampling from the run "
                                     "seed (not private against the server; the statement says so)")
+    release_train_loss: bool = _opt(False, "clients also report their mean training loss (computed on private "
+                                    "batches, not DP-protected; the privacy statement lists it)")
 
 
 @dataclass(frozen=True)
@@ -447,9 +449,16 @@ def to_run_config(cfg: Config) -> dict[str, Scalar]:
 
 
 def to_flower_tables(cfg: Config) -> dict[str, dict[str, Scalar]]:
-    """Nested tables of scalars: the form of ``[tool.flwr.app.config]`` and of ``flwr run -c FILE``."""
+    """Nested tables of scalars: the form of ``[tool.flwr.app.config]`` and of ``flwr run -c FILE``.
+
+    ``store.url`` is always blank here: Flower's run_config reaches every ClientApp and the SuperLink's
+    state database, and a store URL may carry credentials. The process that writes the store gets it
+    from ``$FEDVEIL_DB`` (docs/METHODS.md §1).
+    """
     nested: dict[str, dict[str, Scalar]] = {}
     for dotted, value in to_run_config(cfg).items():
+        if dotted == "store.url":
+            value = ""
         sec, key = dotted.split(".", 1)
         nested.setdefault(sec, {})[key] = value
     return nested

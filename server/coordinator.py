@@ -28,7 +28,7 @@ from fedveil.store import MetricRow, Store, default_db_url
 from server.audits import round_audit_fn, run_audits
 from server.nodes import greet, register, restore_ledgers, wait_for_nodes
 from server.statement import privacy_statement
-from server.strategies.fedavg import PrivateFedAvg, load_arrays
+from server.strategies.fedavg import PrivateFedAvg, resume_point
 from server.validation import ReplyPolicy
 
 log = logging.getLogger("fedveil.server")
@@ -90,8 +90,9 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     initial = ArrayRecord(travelling_state(model))
     checkpoint = run_dir / "checkpoint.npz"
     done = 0
-    if cfg.run.resume and checkpoint.exists():
-        initial, done = load_arrays(checkpoint)
+    point = resume_point(checkpoint, store.get_run(run_id)["run"]["last_complete_round"]) if cfg.run.resume else None
+    if point is not None:
+        initial, done = point
         log.info("resuming run %s after round %d", run_id, done)
 
     nodes = wait_for_nodes(grid, fed.min_clients, fed.round_timeout)
@@ -99,8 +100,7 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
     hello = greet(grid, nodes, fed.round_timeout, {"tokenizer": tok_json})
     node_to_client, num_examples = register(store, run_id, hello)
     total_examples = sum(num_examples.values())
-    if done:
-        restore_ledgers(grid, store, run_id, node_to_client, fed.round_timeout)
+    restored = restore_ledgers(grid, store, run_id, node_to_client, fed.round_timeout) if done else {}
 
     common: dict[str, Any] = {"tokenizer-sha256": hashlib.sha256(tok_json.encode()).hexdigest(),
                               "he-scale": float(max(total_examples, 1))}
@@ -110,7 +110,8 @@ def _run(grid: Grid, cfg: Config, store: Store, run_id: str, run_dir: Path) -> N
                   fraction_train=fed.fraction_train, round_offset=done, checkpoint=checkpoint,
                   num_examples=num_examples, policy=ReplyPolicy.of(cfg, local_steps=cfg.train.local_steps),
                   aggregator=fed.aggregator, trim_fraction=fed.trim_fraction,
-                  ledger={c: (int(r["steps"]), float(r["epsilon"])) for c, r in store.latest_ledger(run_id).items()})
+                  ledger={c: (int(r["steps"]), float(r["epsilon"])) for c, r in store.latest_ledger(run_id).items()},
+                  restored=restored)
     strategy: PrivateFedAvg
     if cfg.he.enabled:
         from server.strategies.he_fedavg import HEFedAvg

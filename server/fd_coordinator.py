@@ -21,7 +21,7 @@ from distill.digits import digits_clients
 from fedveil.config import Config
 from fedveil.store import Store
 from server.nodes import greet, register, wait_for_nodes
-from server.statement import REPRODUCIBLE_NOISE_LINE
+from server.statement import REPRODUCIBLE_NOISE_LINE, guarantee_lines, release_lines
 from server.strategies.fd import SoftLabelFD
 from server.validation import ReplyPolicy
 
@@ -51,6 +51,7 @@ def digits_privacy_statement(cfg: Config, ledger: Mapping[int, Mapping[str, Any]
                      "local epochs, ceil(n/B) steps per epoch, sigma fixed before round 1).")
         lines.append("Unit protected: one private record of one client, against everyone who sees what that "
                      "client shares (the server, the other clients).")
+        lines += guarantee_lines(cfg, "image")
         if p.reproducible_noise:
             lines.append(REPRODUCIBLE_NOISE_LINE)
         for client in sorted(ledger):
@@ -89,8 +90,9 @@ def digits_privacy_statement(cfg: Config, ledger: Mapping[int, Mapping[str, Any]
     elif mode in ("fd", "fd-kmeans", "fedavg"):
         lines.append("Aggregation in plaintext: the server sees each client's upload"
                      + (", including its vote mask." if mode != "fedavg" else "."))
-    lines.append("Not covered: the run configuration, the number of records per client and the test-set accuracies "
-                 "each client reports.")
+    lines += release_lines(cfg, audits=False, evaluation="each client's accuracy on the fixed test set and on the "
+                           "test images of its own classes (which reveals its classes)")
+    lines.append("Not covered: the run configuration, which the server chooses.")
     return "\n".join(lines)
 
 

@@ -73,8 +73,13 @@ def register(store: Store, run_id: str, hello: dict[int, dict[str, Any]],
     return node_to_client, num_examples
 
 
-def restore_ledgers(grid: Grid, store: Store, run_id: str, node_to_client: dict[int, int], timeout: float) -> None:
-    """On resume, hand each node its accountant history from the store so ε continues, never resets."""
+def restore_ledgers(grid: Grid, store: Store, run_id: str, node_to_client: dict[int, int],
+                    timeout: float) -> dict[int, int]:
+    """On resume, show each node the store's copy of its accountant history; returns node → its own steps.
+
+    The node keeps its own ledger (it wins over the copy, :mod:`client.node_store`); its reply says how
+    many DP steps it has taken, which may exceed the store's count when a round's reply was lost.
+    """
     ledger = store.latest_ledger(run_id)
     msgs = []
     for node, client in node_to_client.items():
@@ -84,6 +89,11 @@ def restore_ledgers(grid: Grid, store: Store, run_id: str, node_to_client: dict[
             {"accountant": "prv", "sigma": [], "q": [], "steps": []}
         msgs.append(Message(RecordDict({"ledger": ConfigRecord(state)}), dst_node_id=node,  # type: ignore[arg-type]
                             message_type="query.restore"))
+    steps: dict[int, int] = {}
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id} could not restore its ledger: {reply.error.reason}")
+        value = reply.content.config_records.get("restored", ConfigRecord()).get("steps")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            steps[reply.metadata.src_node_id] = value
+    return steps

@@ -17,6 +17,38 @@ REPRODUCIBLE_NOISE_LINE = ("NOT PRIVATE AGAINST THE SERVER: privacy.reproducible
                            "readers of the released model. For tests and benchmarks only.")
 
 
+def guarantee_lines(cfg: Config, unit: str) -> list[str]:
+    """What ε refers to and who computes it (every DP task states these, docs/METHODS.md §2)."""
+    return [f"Neighbouring relation: add/remove one {unit} of one client (Poisson sampling); inserted audit "
+            "canaries count as records. Epsilon is per client and per record: it does not hide a client's "
+            "participation or its record count.",
+            "Who counts: each node computes its epsilon from its own ledger (every DP step it took, kept in the "
+            "node's own directory and written before an update leaves it; a server cannot reset it). The "
+            "figures below are copies from each node's last accepted reply."]
+
+
+def release_lines(cfg: Config, *, evaluation: str, teacher: bool = False, audits: bool = True) -> list[str]:
+    """Everything computed on private records that leaves a node without DP protection (issue 13 item 3).
+
+    ``evaluation`` names what the evaluate replies carry for this task; ``teacher`` adds the clients'
+    non-DP teachers' held-out NLL; ``audits`` is whether the task runs the end-of-run audits.
+    """
+    items = ["each client's record count (hello; its aggregation weight)",
+             "per-round DP parameters (sigma, q, steps, epsilon, delta), empty-batch counts and timings",
+             evaluation]
+    if teacher:
+        items.append("held-out NLL sums and token counts of each client's non-DP teacher (teacher-perplexity)")
+    if cfg.privacy.release_train_loss:
+        items.append("the mean training loss on private batches (privacy.release_train_loss = true)")
+    if audits and cfg.audit.enabled:
+        items.append("end-of-run audit summaries per client and model: exposure per canary, memorisation rates, "
+                     "MIA AUC and TPR at fixed FPR, empirical epsilon lower bounds with their parameters")
+        if cfg.audit.release_scores:
+            items.append("per-record audit statistics: ROC points, score histograms and thresholds "
+                         "(audit.release_scores = true)")
+    return ["Released outside epsilon (computed on private records, not DP-protected): " + "; ".join(items) + "."]
+
+
 def privacy_statement(cfg: Config, ledger: Mapping[int, Mapping[str, Any]]) -> str:
     """Compose the statement from the configuration and each client's last ledger entry."""
     lines: list[str] = []
@@ -30,6 +62,7 @@ def privacy_statement(cfg: Config, ledger: Mapping[int, Mapping[str, Any]]) -> s
                      f"the whole federation ({cfg.federation.rounds} rounds x {cfg.train.local_steps} local steps).")
         lines.append("Unit protected: one record of one client, against anyone who sees that client's "
                      "updates (including the server and the released global student).")
+        lines += guarantee_lines(cfg, "text record")
         if p.reproducible_noise:
             lines.append(REPRODUCIBLE_NOISE_LINE)
         for client in sorted(ledger):
@@ -55,6 +88,9 @@ def privacy_statement(cfg: Config, ledger: Mapping[int, Mapping[str, Any]]) -> s
                      "secret key; HE protects updates in transit and at the server, not the released model.")
     else:
         lines.append("Aggregation in plaintext: the server sees each client's (DP-noised) update.")
-    lines.append("Not covered: the tokenizer (trained on public text only), the run configuration and the number "
-                 "of records per client, which the server learns.")
+    teacher = method in ("dp-kd", "dp-opd") and cfg.train.teacher_steps > 0
+    lines += release_lines(cfg, teacher=teacher, evaluation="held-out NLL sums and token counts of the global "
+                           "student on each client's held-out shard (perplexity)")
+    lines.append("Not covered: the tokenizer (trained on public text only) and the run configuration, which the "
+                 "server chooses.")
     return "\n".join(lines)

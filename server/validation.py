@@ -125,6 +125,9 @@ class NodeRecord:
     num_examples: int
     steps: int = 0
     epsilon: float = 0.0
+    # DP steps the node took beyond the rounds the store recorded (a reply lost before a resume): its
+    # later replies may count them, so the "at most" bound grows by as much (docs/METHODS.md §2).
+    surplus: int = 0
 
 
 def check_nonce(msg: Message, nonce: str | None) -> None:
@@ -186,7 +189,7 @@ def check_ledger(msg: Message, m: MetricRecord, policy: ReplyPolicy, node: NodeR
     if steps != int(steps):
         raise RejectedReply(f"steps = {steps} is not an integer")
     planned = policy.local_steps or 0  # without a fixed plan: at least never backwards
-    most = server_round * policy.local_steps if policy.local_steps else math.inf
+    most = server_round * policy.local_steps + node.surplus if policy.local_steps else math.inf
     if not node.steps + planned <= steps <= most:
         raise RejectedReply(f"steps = {int(steps)} is not what was planned (at least {node.steps + planned}"
                             + (f", at most {int(most)})" if math.isfinite(most) else ")"))

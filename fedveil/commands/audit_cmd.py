@@ -142,8 +142,8 @@ def control_run(run_id: str, db_url: str, *, quiet: bool = True) -> str:
         # privacy.target_epsilon and δ stay, so the canary design (one_run_per_client) is the DP run's.
         audit=dataclasses.replace(cfg.audit, enabled=True, control_of=run_id),
         he=dataclasses.replace(cfg.he, key_dir=""))
-    cfg = absolutise(cfg, db_url)
-    code = run_simulation(cfg, flwr_home=Path(cfg.run.run_dir) / ".flwr-home", stream=not quiet)
+    cfg = absolutise(cfg)
+    code = run_simulation(cfg, flwr_home=Path(cfg.run.run_dir) / ".flwr-home", db_url=db_url, stream=not quiet)
     if code != 0:
         raise ValueError(f"control run {cfg.run.run_id} failed (flwr exit code {code}); see "
                          f"{Path(cfg.run.run_dir) / (cfg.run.run_id + '.log')}")

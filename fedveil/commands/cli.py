@@ -58,14 +58,14 @@ def run(config: Path | None = typer.Option(None, "-c", "--config", help=CONFIG_H
             fail(str(exc))
     _check_inputs(cfg)  # before absolutise, which provisions HE keys: a bad input leaves nothing behind
     url = db or cfg.store.url or db_url(None)
-    cfg = absolutise(cfg, url)
+    cfg = absolutise(cfg)
     store = open_store(url)
     run_id = cfg.run.run_id
     console.print(f"[bold]fedveil run[/] {run_id}: {cfg.train.method}, {cfg.federation.clients} clients x "
                   f"{cfg.federation.rounds} rounds, HE {'on' if cfg.he.enabled else 'off'}; store {mask_url(url)}")
     t0 = time.perf_counter()
     with PeakMemory() as mem:
-        code = run_simulation(cfg, flwr_home=Path(cfg.run.run_dir) / ".flwr-home", stream=not quiet)
+        code = run_simulation(cfg, flwr_home=Path(cfg.run.run_dir) / ".flwr-home", db_url=url, stream=not quiet)
     wall = time.perf_counter() - t0
     from fedveil.store import RunNotFound
     try:

@@ -65,7 +65,7 @@ def utility_rows(metrics: list[dict[str, Any]]) -> list[tuple[str, str]]:
         rows.append((f"{name} by round", " → ".join(f"{series[r]:.1f}" for r in sorted(series))))
         if 0 in series:
             rows.append((f"{name}, public-only student (round 0)", f"{series[0]:.3f}"))
-    for name, label in (("teacher-perplexity", "perplexity, clients' teachers (non-private, not released)"),
+    for name, label in (("teacher-perplexity", "perplexity, clients' teachers (non-DP; kept on the nodes)"),
                         ("uniform-perplexity", "perplexity, uniform guess (vocabulary size)")):
         if glob.get(name):
             rows.append((label, f"{glob[name][max(glob[name])]:.3f}"))

@@ -107,6 +107,7 @@ def local(nodes: int = typer.Option(2, "--nodes", help=f"SuperNodes to start (1 
     from fedveil.commands.common import console, db_url, fail, open_store, print_summary
     from fedveil.commands.deploy_local import DeploymentError, LocalDeployment
     from fedveil.commands.launch import PeakMemory, absolutise
+    from fedveil.store import mask_url
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device {device!r} is not allowed; choose auto, cpu or cuda")
     try:
@@ -119,15 +120,17 @@ def local(nodes: int = typer.Option(2, "--nodes", help=f"SuperNodes to start (1 
     work_dir = (work or Path(cfg.run.run_dir) / f"deploy-{run_id}").resolve()
     if cfg.he.enabled:  # keys are made by the deployment; the server only ever sees the public context
         cfg = cfg.replace(he=dataclasses.replace(cfg.he, key_dir=str(work_dir / "he-keys" / "server")))
-    cfg = absolutise(cfg, url)
+    cfg = absolutise(cfg)
     store = open_store(url)
     console.print(f"[bold]fedveil deploy local[/] {run_id}: {nodes} SuperNodes, {cfg.federation.rounds} rounds, "
-                  f"{cfg.train.method}, HE {'on' if cfg.he.enabled else 'off'}; work dir {work_dir}; store {url}")
+                  f"{cfg.train.method}, HE {'on' if cfg.he.enabled else 'off'}; work dir {work_dir}; "
+                  f"store {mask_url(url)}")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     t0 = time.perf_counter()
     code = 1
     try:
-        with PeakMemory() as mem, LocalDeployment(cfg, work_dir, nodes=nodes, device=device) as dep:
+        with PeakMemory() as mem, LocalDeployment(cfg, work_dir, nodes=nodes, device=device,
+                                                   db_url=url) as dep:
             dep.prepare()
             dep.start_superlink()
             console.print(f"SuperLink with TLS and SuperNode authentication on {dep.address}")

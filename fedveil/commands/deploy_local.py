@@ -35,6 +35,7 @@ from typing import IO, Any
 import tomli_w
 
 from fedveil.config import Config, to_flower_tables
+from fedveil.files import write_private
 from fedveil.commands.launch import PROJECT_DIR, flwr_env, stop_superlink
 
 DEPLOY_DIR = PROJECT_DIR / "deploy"
@@ -84,10 +85,12 @@ class Processes:
     env: dict[str, str]
     running: dict[str, Managed] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str], *, cwd: Path, log: Path) -> Managed:
+    def start(self, name: str, argv: list[str], *, cwd: Path, log: Path,
+              extra_env: dict[str, str] | None = None) -> Managed:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as fh:
-            proc = subprocess.Popen(argv, cwd=cwd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(argv, cwd=cwd, env={**self.env, **(extra_env or {})}, stdout=fh,
+                                    stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         self.running[name] = Managed(name, proc, log)
         return self.running[name]
@@ -130,7 +133,8 @@ class NodeSpec:
 
     def node_config(self, device: str) -> str:
         """``--node-config`` as Flower parses it: space-separated ``key=TOML-value`` pairs."""
-        items: dict[str, Any] = {"partition-id": self.index, "data-path": str(self.data_path), "device": device}
+        items: dict[str, Any] = {"partition-id": self.index, "data-path": str(self.data_path), "device": device,
+                                 "state-dir": str(self.directory / "state")}  # the node's ledger (client.node_store)
         if self.secret_context is not None:
             items["he-secret-context"] = str(self.secret_context)
         return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
@@ -141,14 +145,15 @@ class LocalDeployment:
 
     Parameters
     ----------
-    cfg : the experiment, already validated and absolutised (run id, run dir, store URL).
+    cfg : the experiment, already validated and absolutised (run id, run dir).
     work_dir : the deployment's private directory (keys, logs, FLWR_HOME, node files).
     nodes : number of SuperNodes.
     device : the nodes' ``device`` node config (auto, cpu or cuda).
     """
 
-    def __init__(self, cfg: Config, work_dir: Path, *, nodes: int, device: str = "auto") -> None:
+    def __init__(self, cfg: Config, work_dir: Path, *, nodes: int, device: str = "auto", db_url: str = "") -> None:
         self.cfg = cfg
+        self.db_url = db_url
         self.work = work_dir.resolve()
         self.n_nodes = nodes
         self.device = device
@@ -252,7 +257,9 @@ class LocalDeployment:
                 "--ssl-certfile", str(c / "superlink.pem"), "--ssl-keyfile", str(c / "superlink.key"),
                 "--enable-supernode-auth", "--disable-runtime-dependency-installation",
                 "--host", "127.0.0.1", "--port", str(self.superlink_port), "--database", str(link_dir / "state.db")]
-        m = self.procs.start("superlink", argv, cwd=link_dir, log=self.logs / "superlink.log")
+        # Only the SuperLink (whose ServerApp writes the store) learns the store URL, by environment.
+        m = self.procs.start("superlink", argv, cwd=link_dir, log=self.logs / "superlink.log",
+                             extra_env={"FEDVEIL_DB": self.db_url} if self.db_url else None)
         deadline = time.monotonic() + timeout
         while not _accepts(self.superlink_port):
             if m.proc.poll() is not None:
@@ -321,8 +328,8 @@ class LocalDeployment:
     # -- 4. the run ------------------------------------------------------------------------
     def run(self, *, stream: bool = True, timeout: float | None = None) -> int:
         """``flwr run`` the experiment on this federation; returns flwr's exit code."""
-        override = self.work / f"run-{self.cfg.run.run_id}.toml"
-        override.write_text(tomli_w.dumps(to_flower_tables(self.cfg)))
+        override = write_private(self.work / f"run-{self.cfg.run.run_id}.toml",
+                                 tomli_w.dumps(to_flower_tables(self.cfg)))
         argv = [flwr_bin("flwr"), "run", str(PROJECT_DIR), CONNECTION, "--stream", "-c", str(override)]
         log = self.logs / "flwr-run.log"
         with open(log, "ab") as fh:

@@ -24,6 +24,7 @@ from pathlib import Path
 import tomli_w
 
 from fedveil.config import Config, to_flower_tables
+from fedveil.files import private_dir, write_private
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -31,6 +32,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 def flwr_env(flwr_home: Path) -> dict[str, str]:
     """Environment for Flower processes: offline, no telemetry, no per-run dependency install."""
     env = dict(os.environ)
+    env.pop("FEDVEIL_DB", None)  # the store URL goes only to the process that writes the store, explicitly
     env.update(FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", RAY_DEDUP_LOGS="0",
                TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS="", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
@@ -40,8 +42,9 @@ def flwr_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def absolutise(cfg: Config, db_url: str) -> Config:
-    """Resolve the run id, run directory and store URL before the config leaves this process."""
+def absolutise(cfg: Config) -> Config:
+    """Resolve the run id and run directory before the config leaves this process; the store URL is
+    dropped (it travels only in ``$FEDVEIL_DB`` to the process that writes the store)."""
     run = dataclasses.replace(cfg.run, run_id=cfg.run.run_id or uuid.uuid4().hex[:12],
                               run_dir=str(Path(cfg.run.run_dir).resolve()))
     data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).resolve()) if cfg.data.path else "",
@@ -56,7 +59,7 @@ def absolutise(cfg: Config, db_url: str) -> Config:
         key_dir = str(Path(run.run_dir) / run.run_id / "keys")
         write_keys(key_dir, cfg.he.profile)
     he = dataclasses.replace(cfg.he, key_dir=key_dir)
-    store = dataclasses.replace(cfg.store, url=db_url)
+    store = dataclasses.replace(cfg.store, url="")
     return cfg.replace(run=run, data=data, model=model, he=he, store=store)
 
 
@@ -180,14 +183,15 @@ def start_local_superlink(flwr_home: Path, env: dict[str, str], timeout: float =
     raise RuntimeError(f"the local SuperLink did not answer within {timeout:.0f}s; see {state / 'superlink.log'}")
 
 
-def run_simulation(cfg: Config, *, flwr_home: Path, stream: bool = True, timeout: float | None = None) -> int:
+def run_simulation(cfg: Config, *, flwr_home: Path, db_url: str = "", stream: bool = True,
+                   timeout: float | None = None) -> int:
     """Run the experiment via ``flwr run`` with a local simulation; returns flwr's exit code.
 
+    ``db_url`` reaches the ServerApp as ``$FEDVEIL_DB`` only, never in a file or the run_config.
     With ``stream=False`` Flower's log goes to ``<run_dir>/<run_id>.log`` instead of the terminal.
     """
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    override = flwr_home / f"run-{cfg.run.run_id}.toml"
-    override.write_text(tomli_w.dumps(to_flower_tables(cfg)))
+    private_dir(flwr_home)
+    override = write_private(flwr_home / f"run-{cfg.run.run_id}.toml", tomli_w.dumps(to_flower_tables(cfg)))
     cpus = cfg.federation.cpus_per_client
     cpus_str = int(cpus) if cpus.is_integer() else cpus
     fed = f"num-supernodes={cfg.federation.clients} client-resources-num-cpus={cpus_str}"
@@ -201,6 +205,11 @@ def run_simulation(cfg: Config, *, flwr_home: Path, stream: bool = True, timeout
     cmd = [flwr, "run", str(PROJECT_DIR), "-c", str(override), "--federation-config", fed, "--stream"]
     log_path = Path(cfg.run.run_dir) / f"{cfg.run.run_id}.log"
     env = flwr_env(flwr_home)
+    if db_url:
+        env["FEDVEIL_DB"] = db_url
+    # Simulated nodes keep their ledgers beside the server's run directories, never inside one
+    # (client.node_store); an operator's $FEDVEIL_NODE_DIR wins.
+    env.setdefault("FEDVEIL_NODE_DIR", str(Path(cfg.run.run_dir) / "nodes"))
     # Flower's managed local SuperLink listens on fixed default ports; two runs at once (or
     # another project's) would share one SuperLink. Give each launch its own ports.
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())

@@ -76,6 +76,34 @@ def load_arrays(path: Path) -> tuple[ArrayRecord, int]:
         return ArrayRecord(arrays), int(data["__round__"][0])
 
 
+def pending_path(checkpoint: Path) -> Path:
+    """Where a round's checkpoint waits until the store has recorded that round."""
+    return checkpoint.with_name(checkpoint.name + ".pending")
+
+
+def resume_point(checkpoint: Path, last_complete_round: int) -> tuple[ArrayRecord, int] | None:
+    """The checkpoint a resumed run continues from, consistent with the store.
+
+    A round's checkpoint is written as ``.pending``, the round row is recorded, then the checkpoint is
+    promoted (:meth:`PrivateFedAvg._flush`). A pending file whose round the store recorded was
+    interrupted just before promotion and is promoted now; one the store never recorded is dropped:
+    the run repeats that round, so the store never claims fewer rounds than the checkpoint holds.
+    """
+    pending = pending_path(checkpoint)
+    if pending.exists():
+        if load_arrays(pending)[1] <= last_complete_round:
+            os.replace(pending, checkpoint)
+        else:
+            pending.unlink()
+    if not checkpoint.exists():
+        return None
+    arrays, done = load_arrays(checkpoint)
+    if done > last_complete_round:  # cannot happen with the order above; never trust it over the store
+        raise RuntimeError(f"checkpoint {checkpoint} closes round {done} but the store recorded only "
+                           f"{last_complete_round}; refusing to resume from an unrecorded round")
+    return arrays, done
+
+
 class RoundFailed(RuntimeError):
     """Fewer usable replies than the configured minimum."""
 
@@ -107,6 +135,7 @@ class PrivateFedAvg(FedAvg):
     policy : what a correct reply's ledger fields must satisfy (:class:`ReplyPolicy`).
     aggregator : ``federation.aggregator`` (plaintext rule, :mod:`server.aggregation`).
     ledger : client → (steps, ε) already recorded, so that a resumed run checks replies against them.
+    restored : node → the DP steps the node itself counted at resume (may exceed the store's).
     """
 
     def __init__(self, *, store: Store, run_id: str, node_to_client: dict[int, int], min_clients: int,
@@ -114,7 +143,7 @@ class PrivateFedAvg(FedAvg):
                  fraction_evaluate: float | None = None, round_offset: int = 0,
                  checkpoint: Path | None = None, num_examples: dict[int, int] | None = None,
                  policy: ReplyPolicy | None = None, aggregator: str = "mean", trim_fraction: float = 0.2,
-                 ledger: dict[int, tuple[int, float]] | None = None) -> None:
+                 ledger: dict[int, tuple[int, float]] | None = None, restored: dict[int, int] | None = None) -> None:
         fraction_evaluate = fraction_train if fraction_evaluate is None else fraction_evaluate
         super().__init__(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate,
                          min_train_nodes=min_clients, min_evaluate_nodes=min_clients,
@@ -127,6 +156,9 @@ class PrivateFedAvg(FedAvg):
         self.nodes = {node: NodeRecord(client, int(counts.get(node, 1)), *ledger.get(client, (0, 0.0)))
                       for node, client in node_to_client.items()}
         self.policy = policy or ReplyPolicy(dp=True, epsilon_budget=math.inf, delta_max=1e-2)
+        for node, steps in (restored or {}).items():  # a node's own count at resume (server.nodes.restore_ledgers)
+            if node in self.nodes:
+                self.nodes[node].surplus = max(0, steps - round_offset * (self.policy.local_steps or 0))
         self.aggregate_fn = aggregation.aggregator(aggregator, trim_fraction)
         self.nonce: str | None = None  # this round's nonce; None until configure_train (direct tests set it)
         self.min_clients = min_clients
@@ -240,10 +272,11 @@ class PrivateFedAvg(FedAvg):
         t0 = time.perf_counter()
         arrays = self.combine(server_round, accepted)
         self.round.metrics.append(MetricRow("aggregate-seconds", time.perf_counter() - t0, server_round))
-        n = [float(self.weight_of(msg)) for msg, _, _ in accepted]
-        loss = [float_or(m, "train-loss", float("nan")) for _, _, m in accepted]
-        agg = MetricRecord({"train-loss": float(np.average(loss, weights=n)), "clients": len(accepted)})
-        self.round.metrics.append(MetricRow("train-loss", as_float(agg, "train-loss"), server_round))
+        agg = MetricRecord({"clients": len(accepted)})
+        if all("train-loss" in m for _, _, m in accepted):  # only with privacy.release_train_loss (stated)
+            n = [float(self.weight_of(msg)) for msg, _, _ in accepted]
+            agg["train-loss"] = float(np.average([as_float(m, "train-loss") for _, _, m in accepted], weights=n))
+            self.round.metrics.append(MetricRow("train-loss", as_float(agg, "train-loss"), server_round))
         self._latest = arrays
         return arrays, agg
 
@@ -331,9 +364,12 @@ class PrivateFedAvg(FedAvg):
     def _flush(self, server_round: int, status: str) -> None:
         assert self.round is not None
         r = self.round
+        pending = None
         if status == "completed" and self.checkpoint is not None and self._latest is not None:
-            # Written before the round row, so last_complete_round never points past the checkpoint.
-            save_arrays(self._latest, self.checkpoint, server_round)
+            # Pending until the round row is recorded, then promoted (resume_point): the checkpoint never
+            # runs ahead of the store, so a resumed run never skips a round whose ε the store lacks.
+            pending = pending_path(self.checkpoint)
+            save_arrays(self._latest, pending, server_round)
         self.store.record_round(
             self.run_id, server_round, status=status, started_at=r.started_at,
             finished_at=datetime.now(UTC), num_sampled=r.sampled, num_replied=r.replied,
@@ -341,3 +377,5 @@ class PrivateFedAvg(FedAvg):
             num_rejected=sum(1 for e in r.events if e.kind == "rejected"),
             metrics=r.metrics + [MetricRow("round-seconds", time.perf_counter() - r.t0, server_round)],
             ledger=r.ledger, he=r.he, events=r.events)
+        if pending is not None and self.checkpoint is not None:
+            os.replace(pending, self.checkpoint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import PRVAccountant
 
 from client.app import app as client_app
+from client.node_store import LEDGER_FILE, run_node_dir
 from privacy.dp import PrivacyBudgetExhausted
 from distill.textdata import public_corpus
 from distill.models import build_lm
@@ -78,7 +80,10 @@ def test_train_accumulates_epsilon_and_refuses_over_budget(setup: tuple, method:
         eps.append(m["epsilon"])
         arrays = reply.content.array_records["arrays"]
     assert eps[0] < eps[1] <= cfg.privacy.target_epsilon + 1e-9
-    assert "ledger" in ctx.state.config_records
+    # The node's own ledger file holds the full history, owner-only (client.node_store).
+    ledger_file = run_node_dir(ctx.node_config, cfg.run.run_id, ctx.run_id, 0) / LEDGER_FILE
+    assert ledger_file.stat().st_mode & 0o777 == 0o600
+    assert sum(json.loads(ledger_file.read_text())["steps"]) == 4
     if method == "dp-opd":
         assert m["on-policy-steps"] >= 1
     # The plan covered exactly `rounds` rounds: a third round would overspend, so it is refused.

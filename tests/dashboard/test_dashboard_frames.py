@@ -211,7 +211,7 @@ def test_reference_lines_are_the_teacher_and_uniform_levels_and_log_scaled() -> 
               + [{"name": "uniform-perplexity", "round": 0, "client": None, "value": 1024.0}]}
     ref = reference_frame(detail, "perplexity")
     assert dict(zip(ref["label"], ref["value"], strict=True)) == {
-        "clients' teachers (non-private, not released)": 12.0, "uniform guess (vocabulary size)": 1024.0}
+        "clients' teachers (non-DP; kept on the nodes)": 12.0, "uniform guess (vocabulary size)": 1024.0}
     assert reference_frame(detail, "accuracy").empty
     spec = utility_chart(utility_frame(detail, "perplexity"), "perplexity", ref).to_dict()
     assert spec["layer"][0]["layer"][0]["encoding"]["y"]["scale"]["type"] == "log" and len(spec["layer"]) == 3

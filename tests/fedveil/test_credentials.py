@@ -57,6 +57,19 @@ def test_sqlite_store_and_its_directory_are_private(tmp_path: Path) -> None:
         os.umask(old)
 
 
+def assert_secret_nowhere(secret: str, root: Path, *outputs: str) -> None:
+    """Not in any output, nor in any file under ``root`` (store, logs, FLWR_HOME with the SuperLink's state
+    database and the run's Flower config, node directories), which are also owner-only where they matter."""
+    for text in outputs:
+        assert secret not in text
+    files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert files
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
+    for toml in root.rglob("run-*.toml"):
+        assert stat.S_IMODE(toml.stat().st_mode) == 0o600, toml
+
+
 @pytest.mark.slow
 def test_run_never_shows_or_stores_a_query_string_password(tmp_path: Path) -> None:
     """A real short run whose SQLite URL carries ``?password=``: not in output, nor in any stored row."""
@@ -78,4 +91,5 @@ def test_run_never_shows_or_stores_a_query_string_password(tmp_path: Path) -> No
     assert summary["status"] == "completed"
     assert secret not in json.dumps(run, default=str)  # config row (show --format json, dashboard) included
     shown = _cli("show", summary["id"], "--db", url, cwd=tmp_path)
-    assert shown.returncode == 0 and secret not in shown.stdout + shown.stderr
+    assert shown.returncode == 0
+    assert_secret_nowhere(secret, tmp_path, proc.stdout, proc.stderr, shown.stdout, shown.stderr)

@@ -7,6 +7,8 @@ values; with ``privacy.reproducible_noise`` (tests only) it can, and the stateme
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -58,14 +60,18 @@ def test_poisson_batches_are_not_reproducible() -> None:
     assert np.array_equal(seeded[0], seeded[1])
 
 
+RUN_IDS = itertools.count(1)
+
+
 def _fedavg_update(reproducible: bool) -> np.ndarray:
-    """What the ServerApp receives from client 0 in round 1 of a digits FedAvg run with DP."""
+    """What the ServerApp receives from client 0 in round 1 of a digits FedAvg run with DP (each call a new run,
+    so each node starts with an empty ledger of its own)."""
     cfg = load_config(None, ["data.task=digits", "federation.clients=2", "federation.rounds=2", "data.partition=iid",
                              "fd.proxy_size=40", "fd.warmup_epochs=1", "fd.local_epochs=1", "fd.hidden=16",
                              "fd.mode=fedavg", "distill.swing=false", "privacy.accountant=rdp", "he.enabled=false",
                              f"privacy.reproducible_noise={str(reproducible).lower()}"])
-    ctx = Context(run_id=1, node_id=11, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
-                  run_config=to_run_config(cfg))  # type: ignore[arg-type]
+    ctx = Context(run_id=next(RUN_IDS), node_id=11, node_config={"partition-id": 0, "num-partitions": 2},
+                  state=RecordDict(), run_config=to_run_config(cfg))  # type: ignore[arg-type]
     content = RecordDict({"config": ConfigRecord({"server-round": 1}),
                           "arrays": ArrayRecord(make_classifier(16, seed=0).state_dict())})
     reply = client_app(Message(content, dst_node_id=11, message_type="train"), ctx)
