@@ -201,7 +201,7 @@ def run_fedveil(args: list[str], *, run_dir: Path, db: str, run_id: str, timeout
            "--db", db, "--quiet"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with TreeMemory(proc.pid, str(run_dir / ".flwr-home")) as mem:
+    with TreeMemory(proc.pid, str(Path(run_dir).resolve() / ".flwr-home" / run_id)) as mem:  # launch.run_flwr_home
         try:
             output, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

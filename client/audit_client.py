@@ -48,7 +48,6 @@ from privacy.audit.plan import (
 __all__ = [
     "FINETUNE_MAX_STEPS",
     "REFERENCE_MIN_STEPS",
-    "client_checkpoint_dir",
     "dp_steps_taken",
     "finetune_baseline",
     "audit_delta",
@@ -72,11 +71,6 @@ def parse_kinds(value: object) -> tuple[str, ...]:
     if bad:
         raise ProtocolError(f"unknown audit kinds {bad}; allowed: {', '.join(ALL_KINDS)}")
     return kinds
-
-
-def client_checkpoint_dir(cfg: Config, partition_id: int) -> Path:
-    """``<run_dir>/<run_id>/clients/<partition-id>``: where a client keeps its models for on-demand audits."""
-    return Path(cfg.run.run_dir) / cfg.run.run_id / "clients" / str(partition_id)
 
 
 def dp_steps_taken(cfg: Config, ledger_state: dict[str, Any] | None) -> int:
@@ -134,13 +128,14 @@ def _models(node: runtime.NodeState, context: Context, request: runtime.Request)
     return {name: m.to(node.device).eval() for name, m in models.items()}
 
 
-def _save(cfg: Config, partition_id: int, models: dict[str, torch.nn.Module]) -> list[str]:
-    """Keep teacher and local student on the node's disk for ``fedveil audit``; never fails the audit."""
+def _save(cfg: Config, partition_id: int, models: dict[str, torch.nn.Module], directory: Path) -> list[str]:
+    """Keep teacher and local student in the node's own directory (``directory``, never the server's run
+    directory) for a later ``fedveil audit`` on the node; never fails the audit."""
     saved: list[str] = []
     for name in ("teacher", "student"):
         if name in models:
             try:
-                save_checkpoint(models[name], client_checkpoint_dir(cfg, partition_id) / name,  # type: ignore[arg-type]
+                save_checkpoint(models[name], directory / name,  # type: ignore[arg-type]
                                 meta={"run_id": cfg.run.run_id, "partition_id": partition_id, "model": name})
                 saved.append(name)
             except OSError as exc:
@@ -196,7 +191,7 @@ def audit_node(node: runtime.NodeState, context: Context, request: runtime.Reque
     """All audits of one node: gather its models, save them, run :func:`measure_node` (numbers only)."""
     cfg, tokenizer, pid = node.cfg, request.tokenizer, node.partition_id
     models = _models(node, context, request)
-    saved = _save(cfg, pid, models)
+    saved = _save(cfg, pid, models, node.directory(context))
     own = node.texts()
     ledger = load_ledger(node.directory(context), cfg.privacy.accountant).state_dict()
     n_train = len(with_canaries(cfg, pid, own, tokenizer))

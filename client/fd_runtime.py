@@ -32,7 +32,7 @@ import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client.node_store import load_ledger, run_node_dir, save_ledger
+from client.node_store import load_ledger, run_node_dir, save_ledger, secret_context_path
 from privacy.dp import PrivacyBudgetExhausted
 from privacy.dp.randomness import noise_source, reproducible_key
 from client.fd_train import DigitsNode, dp_plan, fit_filter, load_node, train_classifier
@@ -85,13 +85,8 @@ def _secret_context(path: str) -> Any:
     return load_secret_context(path)
 
 
-def secret_context_path(node: DigitsNode, context: Context) -> Path:
-    """Node config ``he-secret-context`` in deployment, else ``<key_dir or run_dir/run_id/keys>/secret.ctx``."""
-    if "he-secret-context" in context.node_config:
-        return Path(str(context.node_config["he-secret-context"]))
-    cfg = node.cfg
-    key_dir = Path(cfg.he.key_dir) if cfg.he.key_dir else Path(cfg.run.run_dir) / cfg.run.run_id / "keys"
-    return key_dir / "secret.ctx"
+def _secret_path(node: DigitsNode, context: Context) -> Path:
+    return secret_context_path(context.node_config, node.cfg.run.run_id, node.cfg.he.key_dir)
 
 
 def _he_clients(conf: ConfigRecord) -> float:
@@ -125,7 +120,7 @@ def received_targets(node: DigitsNode, context: Context, arrays: ArrayRecord, co
             raise ProtocolError("received an encrypted aggregate but he.enabled is false")
         from privacy.he.packing import decrypt_payload, divide_by_votes, payload_from_arrays
         payload = payload_from_arrays({k: v.numpy() for k, v in arrays.items()})
-        summed = decrypt_payload(_secret_context(str(secret_context_path(node, context))), payload)
+        summed = decrypt_payload(_secret_context(str(_secret_path(node, context))), payload)
         label_sums, votes = summed.get(LABELS), summed.get(VOTES)
         if label_sums is None or votes is None or label_sums.shape != (P, C) or votes.shape != (P,):
             raise ProtocolError(f"encrypted aggregate must hold {LABELS!r} ({P}, {C}) and {VOTES!r} ({P},)")
@@ -179,7 +174,7 @@ def encode_upload(node: DigitsNode, context: Context, conf: ConfigRecord, arrays
     if not node.cfg.he.enabled:
         return ArrayRecord({k: Array(v) for k, v in arrays.items()}), {}
     from privacy.he.packing import HETimings, decrypt_payload, encrypt_arrays, payload_nbytes, payload_to_arrays
-    ctx = _secret_context(str(secret_context_path(node, context)))
+    ctx = _secret_context(str(_secret_path(node, context)))
     weight = 1.0 / _he_clients(conf)
     timings = HETimings()
     payload = encrypt_arrays(ctx, arrays, weight=weight, profile=node.cfg.he.profile, timings=timings)
@@ -234,7 +229,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         if mode in SOFT_LABEL_MODES:
             targets, kept, decrypt_s = received_targets(node, context, arrays, conf)
 
-    directory = run_node_dir(context.node_config, cfg.run.run_id, context.run_id, node.partition_id)
+    directory = run_node_dir(cfg.run.run_id, context.run_id, node.partition_id)
     ledger = load_ledger(directory, cfg.privacy.accountant)  # the node's own (client.node_store)
     plan = dp_plan(cfg, len(node.data.y))
     epochs = cfg.fd.warmup_epochs if first else cfg.fd.local_epochs
@@ -301,6 +296,5 @@ __all__ = [
     "handle_hello",
     "handle_train",
     "received_targets",
-    "secret_context_path",
     "soft_label_upload",
 ]

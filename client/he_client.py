@@ -18,13 +18,13 @@ difference is the measured end-to-end HE error of that aggregation.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
+from client.node_store import secret_context_path
 from privacy.he.layout import (
     CHECK_TOLERANCE,
     NONCE_KEY,
@@ -40,19 +40,9 @@ from privacy.he.layout import (
 class AggregateRefused(ValueError):
     """The decrypted aggregate fails a check only key holders can make; the node does not use it."""
 
-def secret_context_path(node: Any) -> Path:
-    """The clients' secret context: node config in deployment, ``he.key_dir`` in simulation."""
-    if node.extra.get("he-secret"):
-        return Path(node.extra["he-secret"])
-    if not node.cfg.he.key_dir:
-        raise FileNotFoundError("he.enabled is true but no key directory is known: set he.key_dir (fedveil run "
-                                "provisions one) or the node config key he-secret-context")
-    return Path(node.cfg.he.key_dir) / "secret.ctx"
-
-
 def _secret_context(node: Any) -> Any:
     from privacy.he.keys import load_secret_context
-    path = secret_context_path(node)
+    path = secret_context_path(node.extra.get("node-config", {}), node.cfg.run.run_id, node.cfg.he.key_dir)
     cache = node.extra.setdefault("he-ctx", {})
     if str(path) not in cache:
         cache[str(path)] = load_secret_context(path)

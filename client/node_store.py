@@ -6,37 +6,33 @@ mode 0600) after local training and before the update leaves the node. A reply t
 rejects, loses or never records still counts. On a restart the node reads this file; a history
 the server sends is only compared with it (:func:`reconcile`) and can never lower it.
 
-Where the directory is, in order of precedence:
-
-1. node config ``state-dir`` (deployment: ``flower-supernode --node-config "state-dir=/srv/fedveil ..."``),
-2. ``$FEDVEIL_NODE_DIR`` in the ClientApp's environment (``fedveil run`` sets it for simulations),
-3. ``~/.fedveil/nodes``.
-
-Below it: ``<run id>/client-<partition id>/`` (mode 0700). Nothing of the server's run
-configuration chooses the root, and the ServerApp never reads it. Teachers, local students and
-per-node keys belong in the same directory.
+The directory is :func:`fedveil.files.node_dir`: ``<$FEDVEIL_NODE_DIR or ~/.fedveil/nodes>/<run id>/
+client-<partition id>/`` (mode 0700). ``fedveil run`` sets the variable for simulated nodes, a deployed
+SuperNode gets it from its service file. Nothing of the server's run configuration chooses the root,
+and the ServerApp never reads it. Teachers, local students, the audit-coin key and (in simulation) the
+clients' HE secret context live below the same root.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedveil.files import private_dir, write_private
+from fedveil.files import node_dir, node_root, write_private
 from privacy.dp.accounting import Ledger
+from privacy.he.keys import SECRET_FILE
 
-__all__ = ["LEDGER_FILE", "NODE_DIR_ENV", "NODE_DIR_KEY", "LedgerCorrupt", "load_ledger", "load_round", "node_dir",
-           "node_root", "reconcile", "run_node_dir", "save_ledger", "save_round"]
+__all__ = ["HE_KEYS_DIR", "LEDGER_FILE", "LedgerCorrupt", "load_ledger", "load_round", "node_he_keys", "reconcile",
+           "run_node_dir", "save_ledger", "save_round", "secret_context_path"]
 
 log = logging.getLogger("fedveil.client")
-NODE_DIR_KEY = "state-dir"
-NODE_DIR_ENV = "FEDVEIL_NODE_DIR"
+SECRET_CONTEXT_KEY = "he-secret-context"  # node config key of a deployed node's secret context
+HE_KEYS_DIR = "he-keys"
 LEDGER_FILE = "ledger.json"
 ROUND_FILE = "last-round.safetensors"  # the node's last released update, for a resumed run's repeat of that round
 
@@ -45,24 +41,32 @@ class LedgerCorrupt(RuntimeError):
     """The node's own ledger file cannot be read; the node refuses to train rather than reset ε."""
 
 
-def node_root(node_config: Mapping[str, Any]) -> Path:
-    """The node-local root: node config ``state-dir``, else ``$FEDVEIL_NODE_DIR``, else ``~/.fedveil/nodes``."""
-    if node_config.get(NODE_DIR_KEY):
-        return Path(str(node_config[NODE_DIR_KEY])).expanduser()
-    env = os.environ.get(NODE_DIR_ENV, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".fedveil" / "nodes"
+def run_node_dir(run_id: str, flower_run_id: int, partition_id: int) -> Path:
+    """:func:`fedveil.files.node_dir` of the store's run id; a direct call without one keys by Flower's run id."""
+    return node_dir(run_id or f"flwr-{int(flower_run_id)}", partition_id)
 
 
-def node_dir(node_config: Mapping[str, Any], run_id: str, partition_id: int) -> Path:
-    """``<root>/<run id>/client-<partition id>``, created with mode 0700."""
-    if not run_id or "/" in run_id or run_id in (".", ".."):
-        raise ValueError(f"run id {run_id!r} cannot name a node state directory")
-    return private_dir(node_root(node_config) / run_id / f"client-{int(partition_id)}")
+def node_he_keys(run_id: str) -> Path:
+    """``<node root>/<run id>/he-keys``: where ``fedveil run`` puts the clients' key set in simulation."""
+    return node_root() / run_id / HE_KEYS_DIR
 
 
-def run_node_dir(node_config: Mapping[str, Any], run_id: str, flower_run_id: int, partition_id: int) -> Path:
-    """:func:`node_dir` of the store's run id; a direct call without one keys by Flower's run id."""
-    return node_dir(node_config, run_id or f"flwr-{int(flower_run_id)}", partition_id)
+def secret_context_path(node_config: Mapping[str, Any], run_id: str, key_dir: str) -> Path:
+    """The clients' CKKS secret context, as this node finds it (docs/METHODS.md §1).
+
+    Node config ``he-secret-context`` (a deployed SuperNode's own copy) wins; else the node-side key
+    set of the run (:func:`node_he_keys`, simulation); else ``secret.ctx`` in an operator-provided
+    ``he.key_dir`` that holds the secret too (a single-machine setup the operator chose).
+    """
+    if node_config.get(SECRET_CONTEXT_KEY):
+        return Path(str(node_config[SECRET_CONTEXT_KEY]))
+    own = node_he_keys(run_id) / SECRET_FILE if run_id else None
+    if own is not None and own.is_file():
+        return own
+    if key_dir and (Path(key_dir) / SECRET_FILE).is_file():
+        return Path(key_dir) / SECRET_FILE
+    raise FileNotFoundError("he.enabled is true but this node holds no secret context: pass the node config key "
+                            f"{SECRET_CONTEXT_KEY} (deployment) or let `fedveil run` provision the keys (simulation)")
 
 
 def load_ledger(directory: Path, accountant: str) -> Ledger:

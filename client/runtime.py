@@ -65,8 +65,7 @@ class NodeState:
         data_path = str(nc["data-path"]) if "data-path" in nc else None
         device = pick_device(str(nc.get("device", cfg.model.device)))
         node = cls(cfg, pid, device, data_path)
-        if "he-secret-context" in nc:  # deployment: the node's own copy of the clients' secret context
-            node.extra["he-secret"] = str(nc["he-secret-context"])
+        node.extra["node-config"] = dict(nc)  # he_client finds the node's secret context from it
         return node
 
     def texts(self) -> list[str]:
@@ -79,7 +78,7 @@ class NodeState:
 
     def directory(self, context: Context) -> Path:
         """This node's own state directory for the run (ledger, last update; :mod:`client.node_store`)."""
-        return run_node_dir(context.node_config, self.cfg.run.run_id, context.run_id, self.partition_id)
+        return run_node_dir(self.cfg.run.run_id, context.run_id, self.partition_id)
 
 
 @lru_cache(maxsize=8)

@@ -12,6 +12,8 @@
 #   FEDVEIL_HE_SECRET      the clients' CKKS secret context; empty when the federation runs without HE
 #                          [/etc/fedveil/he/secret.ctx]
 #   FEDVEIL_RUNTIME_PORT   local port of the node's Runtime API (ClientApp <-> SuperNode) [9094]
+#   FEDVEIL_NODE_DIR       the node's own state: DP ledger, last update, audit-coin key, teacher and local
+#                          student; created 0700, must persist across restarts [/var/lib/fedveil/state]
 #   FEDVEIL_EXTRA_NODE_CONFIG  more key=value pairs for --node-config, space-separated []
 set -euo pipefail
 
@@ -32,6 +34,7 @@ ca="${FEDVEIL_CA:-/etc/fedveil/certs/ca.crt}"
 key="${FEDVEIL_NODE_KEY:-/etc/fedveil/node/node.key}"
 secret="${FEDVEIL_HE_SECRET-/etc/fedveil/he/secret.ctx}"
 port="${FEDVEIL_RUNTIME_PORT:-9094}"
+export FEDVEIL_NODE_DIR="${FEDVEIL_NODE_DIR:-/var/lib/fedveil/state}"  # read by the ClientApp (fedveil/files.py)
 
 [[ "$partition" =~ ^[0-9]+$ ]] || die "FEDVEIL_PARTITION_ID must be a non-negative integer, got '$partition'"
 [[ "$device" == auto || "$device" == cpu || "$device" == cuda ]] || die "FEDVEIL_DEVICE must be auto, cpu or cuda, got '$device'"
@@ -40,6 +43,8 @@ port="${FEDVEIL_RUNTIME_PORT:-9094}"
 [[ -f "$ca" ]] || die "CA certificate $ca does not exist"
 [[ -f "$data" && -r "$data" ]] || die "data file $data does not exist or is not readable (FEDVEIL_DATA_PATH)"
 need_private "node key" "$key"
+mkdir -p -m 700 "$FEDVEIL_NODE_DIR" || die "cannot create the node's state directory $FEDVEIL_NODE_DIR (FEDVEIL_NODE_DIR)"
+[[ -w "$FEDVEIL_NODE_DIR" ]] || die "the node's state directory $FEDVEIL_NODE_DIR is not writable by $(id -un)"
 node_config="partition-id=$partition data-path=\"$data\" device=\"$device\""
 if [[ -n "$secret" ]]; then
     need_private "HE secret context" "$secret"

@@ -1,9 +1,11 @@
 """``fedveil audit RUN_ID``: re-run the audits of a stored run from its checkpoints (docs/METHODS.md §8).
 
 The end-of-run audits happen inside ``fedveil run``; this command repeats them on demand, in this
-process, from what the run left on disk: ``<run_dir>/tokenizer``, ``<run_dir>/global`` (absent
-under HE, where the server never holds plaintext weights) and each client's
-``<run_dir>/clients/<partition-id>/{teacher,student}``. The records of each client are derived again
+process, as the nodes of a simulation (docs/METHODS.md §8): the server's ``<run_dir>/tokenizer`` and
+``<run_dir>/global`` (absent under HE, where the server never holds plaintext weights), and each
+node's own directory (:func:`fedveil.files.node_dir`, below ``$FEDVEIL_NODE_DIR`` or the simulation's
+``nodes/``) for its teacher, its local student and its ledger. The server's run directory holds none
+of them. The records of each client are derived again
 from the stored configuration, which reproduces a simulated run's data exactly; a client whose record
 count differs from what it reported (a deployment node with its own data file) is audited for
 exposure only. Results are added to the store next to the earlier ones.
@@ -19,10 +21,11 @@ import typer
 __all__ = ["audit_command", "audit_run"]
 
 
-def _load_models(run_dir: Path, partition_id: int, device: Any) -> dict[str, Any]:
+def _load_models(run_dir: Path, run_id: str, partition_id: int, device: Any) -> dict[str, Any]:
     from distill.models import load_checkpoint
+    from fedveil.files import node_dir
     models: dict[str, Any] = {}
-    client_dir = run_dir / "clients" / str(partition_id)
+    client_dir = node_dir(run_id, partition_id)  # the node's own copies, never the server's run directory
     for name in ("teacher", "student"):
         if (client_dir / name / "config.json").is_file():
             models[name] = load_checkpoint(client_dir / name, device).eval()
@@ -54,7 +57,12 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
     """
     from rich.progress import Progress
 
-    from client.audit_client import audit_delta, measure_node
+    import os
+
+    from client.audit_client import audit_delta, dp_steps_taken, measure_node
+    from client.node_store import load_ledger, run_node_dir
+    from fedveil.commands.launch import simulation_node_root
+    from fedveil.files import NODE_DIR_ENV
     from distill.textdata import client_texts
     from privacy.audit.measures import ALL_KINDS
     from distill.models import pick_device
@@ -74,6 +82,8 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
         if cfg.data.task == "digits":
             raise ValueError(f"run {run_id} is a digits (classifier) run; audits apply to language-model runs")
         run_dir = Path(run["run"]["run_dir"] or Path(cfg.run.run_dir) / run_id)
+        # This process acts as the simulation's nodes: their root, as `fedveil run` set it.
+        os.environ.setdefault(NODE_DIR_ENV, str(simulation_node_root(cfg.run.run_dir)))
         if not (run_dir / "tokenizer").is_dir():
             raise ValueError(f"run {run_id}: no tokenizer under {run_dir} (run directory moved or deleted?)")
         tokenizer = load_tokenizer(run_dir / "tokenizer")
@@ -89,7 +99,7 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
         with Progress(disable=not progress) as bar:
             task = bar.add_task(f"auditing run {run_id}", total=len(clients))
             for pid in clients:
-                models = _load_models(run_dir, pid, device)
+                models = _load_models(run_dir, run_id, pid, device)
                 if not models:
                     bar.console.print(f"client {pid}: no checkpoint on disk, skipped")
                     bar.advance(task)
@@ -100,8 +110,10 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
                 if client_kinds != chosen:
                     bar.console.print(f"client {pid}: its records are not reproducible from the config; "
                                       "exposure only")
+                # The node's own ledger (the store's copy is for display and may be behind it).
+                node_steps = load_ledger(run_node_dir(run_id, 0, pid), cfg.privacy.accountant).steps
                 entry = ledger.get(pid)
-                steps = int(entry["steps"]) if entry else cfg.federation.rounds * cfg.train.local_steps
+                steps = max(node_steps, int(entry["steps"]) if entry else 0) or dp_steps_taken(cfg, None)
                 n_train = len(insert_planned(cfg, pid, own, plan))
                 delta = audit_delta(cfg, dict(entry) if entry else None, n_train)
                 result = measure_node(cfg, tokenizer, pid, models, own, steps=steps, delta=delta,
@@ -125,7 +137,7 @@ def control_run(run_id: str, db_url: str, *, quiet: bool = True) -> str:
     """
     import dataclasses
 
-    from fedveil.commands.launch import absolutise, run_simulation
+    from fedveil.commands.launch import absolutise, run_flwr_home, run_simulation
     from fedveil.config import from_dict
     from fedveil.store import Store
 
@@ -143,7 +155,7 @@ def control_run(run_id: str, db_url: str, *, quiet: bool = True) -> str:
         audit=dataclasses.replace(cfg.audit, enabled=True, control_of=run_id),
         he=dataclasses.replace(cfg.he, key_dir=""))
     cfg = absolutise(cfg)
-    code = run_simulation(cfg, flwr_home=Path(cfg.run.run_dir) / ".flwr-home", db_url=db_url, stream=not quiet)
+    code = run_simulation(cfg, flwr_home=run_flwr_home(cfg), db_url=db_url, stream=not quiet)
     if code != 0:
         raise ValueError(f"control run {cfg.run.run_id} failed (flwr exit code {code}); see "
                          f"{Path(cfg.run.run_dir) / (cfg.run.run_id + '.log')}")

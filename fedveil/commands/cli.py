@@ -46,7 +46,9 @@ def run(config: Path | None = typer.Option(None, "-c", "--config", help=CONFIG_H
                                                   "(its stored configuration is reused; epsilon continues)"),
         quiet: bool = typer.Option(False, "--quiet", help="do not stream Flower's logs")) -> None:
     """Run a federated experiment in a local Flower simulation and record it in the store."""
-    from fedveil.commands.launch import PeakMemory, absolutise, run_simulation
+    from fedveil.commands.launch import PeakMemory, absolutise, run_flwr_home, run_simulation
+    from fedveil.store import RunNotFound, StoreError
+    from fedveil.store.lease import LeaseKeeper, RunLeased
     if resume:
         if config is not None or set_:
             fail("--resume reuses the run's stored configuration; -c/--set are not allowed with it")
@@ -64,18 +66,40 @@ def run(config: Path | None = typer.Option(None, "-c", "--config", help=CONFIG_H
     console.print(f"[bold]fedveil run[/] {run_id}: {cfg.train.method}, {cfg.federation.clients} clients x "
                   f"{cfg.federation.rounds} rounds, HE {'on' if cfg.he.enabled else 'off'}; store {mask_url(url)}")
     t0 = time.perf_counter()
-    with PeakMemory() as mem:
-        code = run_simulation(cfg, flwr_home=Path(cfg.run.run_dir) / ".flwr-home", db_url=url, stream=not quiet)
-    wall = time.perf_counter() - t0
-    from fedveil.store import RunNotFound
     try:
+        # One launcher per run (a second --resume is refused); its own FLWR_HOME, so stopping this
+        # run's SuperLink never touches another run's processes.
+        with LeaseKeeper(store, run_id), PeakMemory() as mem:
+            code = run_simulation(cfg, flwr_home=run_flwr_home(cfg), db_url=url, stream=not quiet)
+    except RunLeased as exc:
+        fail(str(exc))
+    except StoreError as exc:
+        fail(f"run {run_id}: the store failed around the run: {exc}")
+    wall = time.perf_counter() - t0
+    try:
+        result = store.get_run(run_id)
+        store.set_resources(run_id, wall_seconds=wall, peak_rss_mb=mem.peak_increase_mb)
         result = store.get_run(run_id)
     except RunNotFound:
         fail(f"flwr run exited with code {code} before the run was recorded (see the log above)")
-    store.set_resources(run_id, wall_seconds=wall, peak_rss_mb=mem.peak_increase_mb)
-    print_summary(store.get_run(run_id), url, wall, mem.peak_increase_mb)
+    except StoreError as exc:
+        _mark_failed(store, run_id, f"store error after the run: {exc}")
+        fail(f"run {run_id}: the store failed at the end of the run ({exc}); `fedveil run --resume {run_id}` "
+             "continues it from its last stored round")
+    print_summary(result, url, wall, mem.peak_increase_mb)
     if code != 0 or result["run"]["status"] != "completed":
         fail(f"run {run_id} {result['run']['status']}: {result['run'].get('error') or f'flwr exit code {code}'}")
+
+
+def _mark_failed(store: Any, run_id: str, error: str) -> None:
+    """Mark an unfinished run failed if the database allows it now (never a completed one); a run left
+    ``running`` is resumable either way."""
+    from fedveil.store import StoreError
+    try:
+        if store.get_run(run_id)["run"]["status"] != "completed":
+            store.fail_run(run_id, error)
+    except StoreError:
+        pass
 
 
 def _resume_config(run_id: str, db: str | None) -> Any:

@@ -35,7 +35,7 @@ from typing import IO, Any
 import tomli_w
 
 from fedveil.config import Config, to_flower_tables
-from fedveil.files import write_private
+from fedveil.files import NODE_DIR_ENV, write_private
 from fedveil.commands.launch import PROJECT_DIR, flwr_env, stop_superlink
 
 DEPLOY_DIR = PROJECT_DIR / "deploy"
@@ -133,8 +133,7 @@ class NodeSpec:
 
     def node_config(self, device: str) -> str:
         """``--node-config`` as Flower parses it: space-separated ``key=TOML-value`` pairs."""
-        items: dict[str, Any] = {"partition-id": self.index, "data-path": str(self.data_path), "device": device,
-                                 "state-dir": str(self.directory / "state")}  # the node's ledger (client.node_store)
+        items: dict[str, Any] = {"partition-id": self.index, "data-path": str(self.data_path), "device": device}
         if self.secret_context is not None:
             items["he-secret-context"] = str(self.secret_context)
         return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
@@ -303,8 +302,10 @@ class LocalDeployment:
         return argv
 
     def start_node(self, spec: NodeSpec, **kwargs: Any) -> Managed:
+        # The node's own directory (ledger, coins, models) via its environment, as a service file sets it.
         return self.procs.start(spec.name, self.supernode_argv(spec, **kwargs), cwd=spec.directory,
-                                log=self.logs / f"{spec.name}.log")
+                                log=self.logs / f"{spec.name}.log",
+                                extra_env={NODE_DIR_ENV: str(spec.directory / "state")})
 
     def start_nodes(self, timeout: float = 300.0) -> None:
         """Register and start every node; wait until the SuperLink has accepted each of them."""

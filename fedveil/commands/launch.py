@@ -24,7 +24,7 @@ from pathlib import Path
 import tomli_w
 
 from fedveil.config import Config, to_flower_tables
-from fedveil.files import private_dir, write_private
+from fedveil.files import NODE_DIR_ENV, private_dir, write_private
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -53,11 +53,7 @@ def absolutise(cfg: Config) -> Config:
                                 teacher=_model_path(cfg.model.teacher))
     key_dir = str(Path(cfg.he.key_dir).resolve()) if cfg.he.key_dir else ""
     if cfg.he.enabled and not key_dir:
-        # Simulation: provision the federation's keys here, before the server starts, so the
-        # ServerApp process only ever reads the public context (docs/METHODS.md §1).
-        from privacy.he.keys import write_keys
-        key_dir = str(Path(run.run_dir) / run.run_id / "keys")
-        write_keys(key_dir, cfg.he.profile)
+        key_dir = str(provision_keys(run.run_dir, run.run_id, cfg.he.profile))
     he = dataclasses.replace(cfg.he, key_dir=key_dir)
     store = dataclasses.replace(cfg.store, url="")
     return cfg.replace(run=run, data=data, model=model, he=he, store=store)
@@ -183,6 +179,36 @@ def start_local_superlink(flwr_home: Path, env: dict[str, str], timeout: float =
     raise RuntimeError(f"the local SuperLink did not answer within {timeout:.0f}s; see {state / 'superlink.log'}")
 
 
+def run_flwr_home(cfg: Config) -> Path:
+    """``<run_dir>/.flwr-home/<run id>``: a run's own FLWR_HOME (its SuperLink state and processes)."""
+    return Path(cfg.run.run_dir) / ".flwr-home" / cfg.run.run_id
+
+
+def simulation_node_root(run_dir: str | Path) -> Path:
+    """Root of the simulated nodes' own directories: ``$FEDVEIL_NODE_DIR``, else ``<run_dir>/nodes``.
+
+    Beside the server's run directories (``<run_dir>/<run id>``), never inside one: the ServerApp
+    never reads it (docs/METHODS.md §1).
+    """
+    env = os.environ.get(NODE_DIR_ENV, "").strip()
+    return Path(env).expanduser() if env else Path(run_dir).resolve() / "nodes"
+
+
+def provision_keys(run_dir: str, run_id: str, profile: str) -> Path:
+    """Simulation: the federation's CKKS key set, made before the server starts (docs/METHODS.md §1).
+
+    The full set (secret included) goes to the nodes' side, ``<node root>/<run id>/he-keys``, where
+    :func:`client.node_store.secret_context_path` finds it; the server's ``<run_dir>/<run id>/keys``
+    gets only ``public.ctx`` and the manifest. Returns the server's key directory.
+    """
+    from privacy.he.keys import MANIFEST_FILE, PUBLIC_FILE, write_keys
+    nodes = write_keys(simulation_node_root(run_dir) / run_id / "he-keys", profile)
+    server = private_dir(Path(run_dir) / run_id / "keys")
+    for name in (PUBLIC_FILE, MANIFEST_FILE):
+        write_private(server / name, (nodes / name).read_bytes())
+    return server
+
+
 def run_simulation(cfg: Config, *, flwr_home: Path, db_url: str = "", stream: bool = True,
                    timeout: float | None = None) -> int:
     """Run the experiment via ``flwr run`` with a local simulation; returns flwr's exit code.
@@ -207,9 +233,9 @@ def run_simulation(cfg: Config, *, flwr_home: Path, db_url: str = "", stream: bo
     env = flwr_env(flwr_home)
     if db_url:
         env["FEDVEIL_DB"] = db_url
-    # Simulated nodes keep their ledgers beside the server's run directories, never inside one
-    # (client.node_store); an operator's $FEDVEIL_NODE_DIR wins.
-    env.setdefault("FEDVEIL_NODE_DIR", str(Path(cfg.run.run_dir) / "nodes"))
+    # The simulated nodes' own directories (ledgers, keys, teachers): beside the server's run
+    # directories, never inside one; an operator's $FEDVEIL_NODE_DIR wins.
+    env[NODE_DIR_ENV] = str(simulation_node_root(cfg.run.run_dir))
     # Flower's managed local SuperLink listens on fixed default ports; two runs at once (or
     # another project's) would share one SuperLink. Give each launch its own ports.
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())

@@ -307,3 +307,17 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(sa.String(64), nullable=False)
     bytes: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class RunLease(Base):
+    """Who is executing a run right now: one row per run, renewed by its holder's heartbeat.
+
+    No foreign key: a new run's launcher takes the lease before the ServerApp creates the run row.
+    """
+
+    __tablename__ = "run_leases"
+
+    run_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    holder: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

@@ -3,7 +3,8 @@
 A one-run audit is only sound when each canary's inclusion is an independent fair coin that the
 model's trainer cannot steer, and a membership-inference audit only when members and non-members are
 a random split of one pool. Both coins come from one 32-byte key drawn from OS entropy
-(``os.urandom``) on the node and kept in a node-local 0600 file, so that training, a resumed run and
+(``os.urandom``) on the node and kept in a 0600 file in the node's own directory
+(:func:`fedveil.files.node_dir`), so that training, a resumed run and
 a later ``fedveil audit`` on the same node agree, while nothing the server or the store holds (the run
 seed included) predicts them. Coin ``x`` is a bit (or a uniform number) of ``HMAC-SHA256(key, x)``.
 
@@ -19,33 +20,34 @@ import hmac
 import os
 from pathlib import Path
 
+from fedveil.files import node_dir
+
 __all__ = ["KEY_BYTES", "coin_key", "coin_key_path", "included", "uniform"]
 
 KEY_BYTES = 32
 KEY_FILE = "audit-coins.key"
 # A configuration without a run id (tests, notebooks) gets one key per process and node, never a file.
-_EPHEMERAL: dict[tuple[str, int], bytes] = {}
+_EPHEMERAL: dict[int, bytes] = {}
 
 
-def coin_key_path(run_dir: str | os.PathLike[str], run_id: str, partition_id: int) -> Path | None:
-    """``<run_dir>/<run_id>/clients/<partition-id>/audit-coins.key``; None without a run id."""
+def coin_key_path(run_id: str, partition_id: int) -> Path | None:
+    """``<node root>/<run id>/client-<partition-id>/audit-coins.key``; None without a run id."""
     if not run_id:
         return None
-    return Path(run_dir) / run_id / "clients" / str(partition_id) / KEY_FILE
+    return node_dir(run_id, partition_id) / KEY_FILE
 
 
-def coin_key(run_dir: str | os.PathLike[str], run_id: str, partition_id: int) -> bytes:
+def coin_key(run_id: str, partition_id: int) -> bytes:
     """The node's audit key: read from its file, or drawn from ``os.urandom`` and written 0600 once.
 
     The file is created with ``O_EXCL`` so that two processes of one node racing to create it end up
     with the same key (the loser reads the winner's).
     """
-    path = coin_key_path(run_dir, run_id, partition_id)
+    path = coin_key_path(run_id, partition_id)
     if path is None:
-        return _EPHEMERAL.setdefault((str(run_dir), partition_id), os.urandom(KEY_BYTES))
+        return _EPHEMERAL.setdefault(partition_id, os.urandom(KEY_BYTES))
     if path.is_file():
         return _read(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = os.urandom(KEY_BYTES)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

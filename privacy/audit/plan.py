@@ -198,7 +198,7 @@ def run_canary_plan(cfg: Config, encode: Encode) -> list[Canary]:
 
 
 def _key(cfg: Config, partition_id: int) -> bytes:
-    return coins.coin_key(cfg.run.run_dir, cfg.run.run_id, partition_id)
+    return coins.coin_key(cfg.run.run_id, partition_id)
 
 
 def _share_budget(cfg: Config, n_records: int) -> float:

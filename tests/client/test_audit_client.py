@@ -27,6 +27,8 @@ from client.trainers import LMTrainer, SFTConfig
 from distill.pretrain import train_plain
 from distill.models import build_lm
 from distill.tokenizer import tokenizer_from_json, tokenizer_to_json, train_tokenizer
+from fedveil.files import node_dir, write_private
+from privacy.audit import coins
 from fedveil.config import load_config, to_run_config
 from privacy.he.keys import write_keys
 from privacy.audit.plan import (
@@ -148,8 +150,9 @@ def test_audit_query_replies_numbers_only(tok: Any, tmp_path: Path) -> None:
     local = {r["canary_id"]: r["log_perplexity_bits"] for r in result["exposure"]["student"]["rows"]}
     glob = {r["canary_id"]: r["log_perplexity_bits"] for r in result["exposure"]["global"]["rows"]}
     assert glob == pytest.approx(local, abs=0.05)
-    for name in ("teacher", "student"):
-        assert (tmp_path / "r1" / "clients" / "0" / name / "config.json").is_file()
+    for name in ("teacher", "student"):  # kept in the node's own directory, nowhere under the server's run dir
+        assert (node_dir("r1", 0) / name / "config.json").is_file()
+    assert not (tmp_path / "r1").exists()
 
 
 # -- the issue's end-to-end property, in-process -----------------------------------------------------
@@ -163,7 +166,13 @@ STEPS = 80
 
 @pytest.fixture(scope="module")
 def issue_setup(tok: Any) -> tuple:
-    cfg = load_config(None, ISSUE)
+    # One fixed draw of the node's secret coins, so the test does not depend on luck: over fresh OS-entropy
+    # keys the one-run bound at this size (m = 32) came out 0 for one key in eight (eight keys tried on
+    # 2026-12-06): a limit of a small audit's power, which a test must not turn into a flaky failure.
+    cfg = load_config(None, [*ISSUE, "run.run_id='issue-setup'"])
+    key = coins.coin_key_path(cfg.run.run_id, 0)
+    assert key is not None
+    write_private(key, hashlib.sha256(b"fedveil test coins").digest())
     encode = training_encode(tok)
     plan = run_canary_plan(cfg, encode)
     own = client_texts(cfg, 0)

@@ -81,7 +81,7 @@ def test_train_accumulates_epsilon_and_refuses_over_budget(setup: tuple, method:
         arrays = reply.content.array_records["arrays"]
     assert eps[0] < eps[1] <= cfg.privacy.target_epsilon + 1e-9
     # The node's own ledger file holds the full history, owner-only (client.node_store).
-    ledger_file = run_node_dir(ctx.node_config, cfg.run.run_id, ctx.run_id, 0) / LEDGER_FILE
+    ledger_file = run_node_dir(cfg.run.run_id, ctx.run_id, 0) / LEDGER_FILE
     assert ledger_file.stat().st_mode & 0o777 == 0o600
     assert sum(json.loads(ledger_file.read_text())["steps"]) == 4
     if method == "dp-opd":

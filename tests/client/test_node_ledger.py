@@ -53,7 +53,7 @@ def _restore(ctx: Context, state: dict) -> Message:
 
 
 def _steps(ctx: Context, cfg: object) -> int:
-    return load_ledger(run_node_dir(ctx.node_config, "ledgertest", ctx.run_id, 0), "prv").steps
+    return load_ledger(run_node_dir("ledgertest", ctx.run_id, 0), "prv").steps
 
 
 @pytest.mark.parametrize("sent", [
@@ -105,7 +105,7 @@ def test_every_step_counts_and_a_repeated_round_costs_nothing(setup: tuple, monk
     other = ArrayRecord(changed)
     c = _train(ctx, other, tok, 1)  # same round, another global state: new steps, paid for
     assert c.content.metric_records["metrics"]["steps"] == 4 and seen == [2, 2, 4]
-    path = run_node_dir(ctx.node_config, "ledgertest", ctx.run_id, 0) / LEDGER_FILE
+    path = run_node_dir("ledgertest", ctx.run_id, 0) / LEDGER_FILE
     assert path.stat().st_mode & 0o777 == 0o600
 
 

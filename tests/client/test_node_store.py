@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from client import node_store
-from client.node_store import LedgerCorrupt, load_ledger, node_dir, reconcile, save_ledger
+from client.node_store import LedgerCorrupt, load_ledger, reconcile, save_ledger, secret_context_path
+from fedveil.files import NODE_DIR_ENV, node_dir, node_root
+from privacy.he.keys import SECRET_FILE
 from privacy.dp.accounting import Ledger
 
 DELTA = 1e-5
@@ -22,15 +24,32 @@ def _ledger(*entries: tuple[float, float, int]) -> Ledger:
     return led
 
 
-def test_node_dir_precedence_and_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(node_store.NODE_DIR_ENV, str(tmp_path / "env"))
-    d = node_dir({}, "run1", 3)
+def test_node_dir_from_the_environment_and_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(NODE_DIR_ENV, str(tmp_path / "env"))
+    d = node_dir("run1", 3)
     assert d == tmp_path / "env" / "run1" / "client-3"
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
-    d2 = node_dir({"state-dir": str(tmp_path / "cfg")}, "run1", 3)  # node config beats the environment
-    assert d2 == tmp_path / "cfg" / "run1" / "client-3"
+    assert node_store.run_node_dir("", 7, 3) == tmp_path / "env" / "flwr-7" / "client-3"
+    monkeypatch.delenv(NODE_DIR_ENV)
+    assert node_root() == Path.home() / ".fedveil" / "nodes"
     with pytest.raises(ValueError):
-        node_dir({}, "../x", 0)
+        node_dir("../x", 0)
+
+
+def test_secret_context_is_found_on_the_node_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node config beats the node-side key set, which beats an operator's he.key_dir; no secret: a clear error."""
+    monkeypatch.setenv(NODE_DIR_ENV, str(tmp_path / "nodes"))
+    server_keys = tmp_path / "server-keys"
+    server_keys.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no secret context"):
+        secret_context_path({}, "r1", str(server_keys))  # a server key dir with public.ctx only
+    (server_keys / SECRET_FILE).write_bytes(b"x")
+    assert secret_context_path({}, "r1", str(server_keys)) == server_keys / SECRET_FILE
+    own = node_store.node_he_keys("r1")
+    own.mkdir(parents=True)
+    (own / SECRET_FILE).write_bytes(b"x")
+    assert secret_context_path({}, "r1", str(server_keys)) == own / SECRET_FILE
+    assert secret_context_path({"he-secret-context": "/n/s.ctx"}, "r1", "") == Path("/n/s.ctx")
 
 
 def test_save_is_atomic_0600_and_keeps_full_history(tmp_path: Path) -> None:

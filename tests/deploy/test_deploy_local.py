@@ -137,7 +137,7 @@ def test_node_config_is_what_the_clientapp_reads(tmp_path: Path) -> None:
     spec = NodeSpec(1, "node-1", d / "k", d / "k.pub", d, d / "records.jsonl", d / "secret.ctx", 9999)
     parsed = parse_config_args([spec.node_config("cuda")])  # Flower's own --node-config parser
     assert parsed == {"partition-id": 1, "data-path": str(d / "records.jsonl"), "device": "cuda",
-                      "he-secret-context": str(d / "secret.ctx"), "state-dir": str(d / "state")}
+                      "he-secret-context": str(d / "secret.ctx")}
 
 
 # --------------------------------------------------------------------------- deploy files

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from fedveil.config import load_config
+from fedveil.files import NODE_DIR_ENV
 from privacy.audit import coins
 from privacy.audit.plan import mia_split, node_plan, run_canary_plan
 
@@ -21,15 +22,19 @@ def _encode(text: str) -> list[int]:
     return [1, *text.encode()]  # one token per byte: equal-length candidates stay equal
 
 
-def test_key_is_os_entropy_kept_0600_and_reused(tmp_path: Path) -> None:
-    first = coins.coin_key(tmp_path, "run-a", 0)
-    path = coins.coin_key_path(tmp_path, "run-a", 0)
+def test_key_is_os_entropy_kept_0600_in_the_node_dir_and_reused(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(NODE_DIR_ENV, str(tmp_path / "node"))
+    first = coins.coin_key("run-a", 0)
+    path = coins.coin_key_path("run-a", 0)
     assert path is not None and stat.S_IMODE(path.stat().st_mode) == 0o600 and len(first) == coins.KEY_BYTES
-    assert coins.coin_key(tmp_path, "run-a", 0) == first  # a resumed run or a later audit: same coins
-    assert coins.coin_key(tmp_path, "run-b", 0) != first
+    assert path.is_relative_to(tmp_path / "node")  # the node's directory, never the server's run directory
+    assert coins.coin_key("run-a", 0) == first  # a resumed run or a later audit: same coins
+    assert coins.coin_key("run-b", 0) != first
+    assert coins.coin_key("run-a", 1) != first
     path.write_bytes(b"short")
     with pytest.raises(ValueError, match="expected 32"):
-        coins.coin_key(tmp_path, "run-a", 0)
+        coins.coin_key("run-a", 0)
 
 
 def test_canary_inclusion_is_a_fair_secret_coin_not_the_seed(tmp_path: Path) -> None:

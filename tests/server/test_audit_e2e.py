@@ -15,6 +15,7 @@ from distill.textdata import public_corpus
 from distill.models import build_lm
 from distill.tokenizer import train_tokenizer
 from fedveil.config import load_config, to_dict
+from fedveil.files import NODE_DIR_ENV
 from fedveil.store import EPS_LB_FLAG, Store
 from server.audits import round_audit_fn
 from tests.server.simtools import _cli
@@ -45,15 +46,19 @@ n_references = 64
 
 
 @pytest.fixture(scope="module")
-def audited_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict]:
+def audited_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict, Path]:
+    """The run, and the root of its nodes' own directories (kept apart from the server's run dir)."""
     work = tmp_path_factory.mktemp("audit-e2e")
     (work / "small.toml").write_text(SMALL)
     db = f"sqlite:///{work / 'store.db'}"
-    proc = _cli("run", "-c", "small.toml", "--db", db, "--quiet", cwd=work, timeout=900)
+    nodes = work / "node-side"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(NODE_DIR_ENV, str(nodes))
+        proc = _cli("run", "-c", "small.toml", "--db", db, "--quiet", cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_id = json.loads(_cli("runs", "--format", "json", "--db", db, cwd=work).stdout)[0]["id"]
     shown = _cli("show", run_id, "--format", "json", "--db", db, cwd=work)
-    return db, run_id, json.loads(shown.stdout)
+    return db, run_id, json.loads(shown.stdout), nodes
 
 
 def _check_bounds(shown: dict) -> None:
@@ -66,8 +71,8 @@ def _check_bounds(shown: dict) -> None:
 
 
 @pytest.mark.slow
-def test_run_stores_every_audit(audited_run: tuple[str, str, dict]) -> None:
-    _, _, shown = audited_run
+def test_run_stores_every_audit(audited_run: tuple[str, str, dict, Path]) -> None:
+    _, _, shown, _ = audited_run
     assert shown["run"]["status"] == "completed"
     assert not [e for e in shown["events"] if e["reason"].startswith("audit")], shown["events"]
     canaries = shown["canaries"]
@@ -115,12 +120,14 @@ def test_run_stores_every_audit(audited_run: tuple[str, str, dict]) -> None:
 
 
 @pytest.mark.slow
-def test_on_demand_audit_from_checkpoints(audited_run: tuple[str, str, dict]) -> None:
+def test_on_demand_audit_from_checkpoints(audited_run: tuple[str, str, dict, Path]) -> None:
     from fedveil.commands.audit_cmd import audit_run
 
-    db, run_id, shown = audited_run
+    db, run_id, shown, nodes = audited_run
     before = len(shown["audits"])
-    audit_run(run_id, ["exposure", "epsilon"], db, progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # the audit runs as the nodes: their directory, not the server's
+        mp.setenv(NODE_DIR_ENV, str(nodes))
+        audit_run(run_id, ["exposure", "epsilon"], db, progress=False)
     with Store(db) as store:
         after = store.get_run(run_id)
     new = after["audits"][before:]
@@ -161,14 +168,14 @@ AUDIT_TABLES = {"canaries", "audits", "exposures", "epsilon_bounds", "alembic_ve
 
 
 @pytest.mark.slow
-def test_no_secrets_in_logs_or_non_audit_tables(audited_run: tuple[str, str, dict]) -> None:
+def test_no_secrets_in_logs_or_non_audit_tables(audited_run: tuple[str, str, dict, Path]) -> None:
     """Issue 10: no private record, PII value or canary secret in the run's log or the store's non-audit tables."""
     import sqlite3
 
     from distill.data import generate_private_records
     from fedveil.config import from_dict
 
-    db, run_id, shown = audited_run
+    db, run_id, shown, nodes = audited_run
     cfg = from_dict(shown["run"]["config"])
     log_text = (Path(shown["run"]["run_dir"]).parent / f"{run_id}.log").read_text(errors="replace")
     con = sqlite3.connect(db.removeprefix("sqlite:///"))
@@ -185,3 +192,9 @@ def test_no_secrets_in_logs_or_non_audit_tables(audited_run: tuple[str, str, dic
     for where, text in (("log", log_text), ("store", dump)):
         leaked = [s for s in secrets if s in text]
         assert not leaked, f"{len(leaked)} secrets found in the {where}, e.g. {leaked[0]!r}"
+    # Client artifacts stay with the client: the server's run directory holds none of them.
+    server_side = {p.name for p in Path(shown["run"]["run_dir"]).rglob("*")}
+    assert not server_side & {"teacher", "student", "ledger.json", "audit-coins.key", "secret.ctx"}, server_side
+    for pid in (0, 1):
+        own = nodes / run_id / f"client-{pid}"
+        assert {"teacher", "student", "ledger.json", "audit-coins.key"} <= {p.name for p in own.iterdir()}

@@ -69,7 +69,8 @@ def _round(s: HEFedAvg, rnd: int, nonce: str, replies: list[Message]) -> ArrayRe
 
 
 def _decrypt(cfg: Any, keys: dict[str, Path], arrays: ArrayRecord, expect: tuple[str, float] | None) -> dict:
-    node = type("N", (), {"cfg": cfg, "extra": {"he-secret": str(keys["fed"] / "secret.ctx")}})()
+    secret = {"he-secret-context": str(keys["fed"] / "secret.ctx")}
+    node = type("N", (), {"cfg": cfg, "extra": {"node-config": secret}})()
     return decrypt_mean(node, arrays, expect)
 
 

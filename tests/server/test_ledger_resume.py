@@ -88,7 +88,7 @@ class Federation:
         return out
 
     def node_epsilon(self, node: int) -> tuple[int, float]:
-        ledger = load_ledger(run_node_dir({"partition-id": node}, RUN, 1, node), "prv")
+        ledger = load_ledger(run_node_dir(RUN, 1, node), "prv")
         delta = self.store.latest_ledger(RUN)[node]["delta"]
         return ledger.steps, ledger.epsilon(delta)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from opacus.accountants import PRVAccountant
 
+from fedveil.files import NODE_DIR_ENV
 from fedveil.store import Store
 from tests.server.simtools import _cli
 
@@ -45,7 +47,7 @@ def test_simulation_stores_a_complete_run(small_run: tuple[Path, str, str]) -> N
     assert shown["run"]["wall_seconds"] > 0
     # No leftover SuperLink / simulation processes from this run's FLWR_HOME.
     from fedveil.commands.launch import _superlink_pids
-    assert _superlink_pids((work / "runs" / ".flwr-home").resolve()) == []
+    assert _superlink_pids((work / "runs" / ".flwr-home" / run_id).resolve()) == []
 
 
 @pytest.mark.slow
@@ -71,9 +73,13 @@ def test_he_run_matches_plaintext_run(small_run: tuple[Path, str, str]) -> None:
     assert bpv and all(v < 17.5 for v in bpv)  # compact profile: ~16.6 bytes per value
     # The server holds only ciphertext: no plaintext global model is written.
     assert not any(a["kind"] == "global-student" for a in he["artifacts"])
+    # The server's key directory holds the public side only; the secret lives with the nodes, 0600.
+    key_dir = Path(he["run"]["config"]["he"]["key_dir"])
+    assert sorted(p.name for p in key_dir.iterdir()) == ["manifest.json", "public.ctx"]
+    secret_path = Path(os.environ[NODE_DIR_ENV]) / he["run"]["id"] / "he-keys" / "secret.ctx"
+    assert oct(secret_path.stat().st_mode & 0o777) == "0o600"
     # No fragment of the secret context reaches the store or the run's log.
-    secret = (Path(he["run"]["config"]["he"]["key_dir"]) / "secret.ctx").read_bytes()
-    assert oct((Path(he["run"]["config"]["he"]["key_dir"]) / "secret.ctx").stat().st_mode & 0o777) == "0o600"
+    secret = secret_path.read_bytes()
     db_file = Path(db.removeprefix("sqlite:///"))
     stored = b"".join(p.read_bytes() for p in (db_file, db_file.with_name(db_file.name + "-wal")) if p.exists())
     log_bytes = (Path(he["run"]["run_dir"]).parent / f"{he['run']['id']}.log").read_bytes()

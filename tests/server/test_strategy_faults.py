@@ -168,7 +168,7 @@ def test_tampered_ciphertext_is_rejected_by_he_strategy(tmp_path: Path) -> None:
     arrays, _ = s.aggregate_train(1, replies)
     assert arrays is not None
     from client.he_client import decrypt_mean
-    node = type("N", (), {"cfg": cfg, "extra": {"he-secret": str(keys / "secret.ctx")}})()
+    node = type("N", (), {"cfg": cfg, "extra": {"node-config": {"he-secret-context": str(keys / "secret.ctx")}}})()
     mean = decrypt_mean(node, arrays)
     np.testing.assert_allclose(mean["w"], (0.5 - 0.25) / 2, atol=1e-4)  # client 2 left out, weights re-normalised
     assert node.extra["he-verify-error"] < 1e-4
