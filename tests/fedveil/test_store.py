@@ -30,7 +30,9 @@ from fedveil.store import (
 from fedveil.store.models import Base
 
 T0 = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
-CHILD_TABLES = [t.name for t in Base.metadata.sorted_tables if t.name != "runs"]
+# Tables whose rows belong to a run (a foreign key to runs or to one of its children); run_leases is keyed
+# by run id without one (a lease can exist before its run row).
+CHILD_TABLES = [t.name for t in Base.metadata.sorted_tables if t.foreign_keys]
 
 
 def _run(store: Store, **overrides: object) -> str:
