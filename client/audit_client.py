@@ -191,9 +191,10 @@ def audit_node(node: runtime.NodeState, context: Context, request: runtime.Reque
     """All audits of one node: gather its models, save them, run :func:`measure_node` (numbers only)."""
     cfg, tokenizer, pid = node.cfg, request.tokenizer, node.partition_id
     models = _models(node, context, request)
-    saved = _save(cfg, pid, models, node.directory(context))
+    directory = node.directory(context)
+    saved = _save(cfg, pid, models, directory)
     own = node.texts()
-    ledger = load_ledger(node.directory(context), cfg.privacy.accountant).state_dict()
+    ledger = load_ledger(directory, cfg.privacy.accountant).state_dict()
     n_train = len(with_canaries(cfg, pid, own, tokenizer))
     result = measure_node(cfg, tokenizer, pid, models, own, steps=dp_steps_taken(cfg, ledger),
                           delta=audit_delta(cfg, ledger, n_train), kinds=kinds, device=node.device)

@@ -51,10 +51,12 @@ def write_private(path: Path, data: bytes | str) -> Path:
     return path
 
 
-def node_root() -> Path:
-    """The node-local root: ``$FEDVEIL_NODE_DIR``, else ``~/.fedveil/nodes`` (not created here)."""
+def node_root(default: Path | None = None) -> Path:
+    """The node-local root: ``$FEDVEIL_NODE_DIR``, else ``default``, else ``~/.fedveil/nodes`` (not created here)."""
     env = os.environ.get(NODE_DIR_ENV, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".fedveil" / "nodes"
+    if env:
+        return Path(env).expanduser()
+    return default if default is not None else Path.home() / ".fedveil" / "nodes"
 
 
 def node_dir(run_id: str, partition_id: int) -> Path:

@@ -21,11 +21,10 @@ import typer
 __all__ = ["audit_command", "audit_run"]
 
 
-def _load_models(run_dir: Path, run_id: str, partition_id: int, device: Any) -> dict[str, Any]:
+def _load_models(run_dir: Path, client_dir: Path, device: Any) -> dict[str, Any]:
+    """The node's teacher and student from its own directory ``client_dir``; the global from the server's."""
     from distill.models import load_checkpoint
-    from fedveil.files import node_dir
     models: dict[str, Any] = {}
-    client_dir = node_dir(run_id, partition_id)  # the node's own copies, never the server's run directory
     for name in ("teacher", "student"):
         if (client_dir / name / "config.json").is_file():
             models[name] = load_checkpoint(client_dir / name, device).eval()
@@ -60,9 +59,9 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
     import os
 
     from client.audit_client import audit_delta, dp_steps_taken, measure_node
-    from client.node_store import load_ledger, run_node_dir
+    from client.node_store import load_ledger
     from fedveil.commands.launch import simulation_node_root
-    from fedveil.files import NODE_DIR_ENV
+    from fedveil.files import NODE_DIR_ENV, node_dir
     from distill.textdata import client_texts
     from privacy.audit.measures import ALL_KINDS
     from distill.models import pick_device
@@ -99,7 +98,8 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
         with Progress(disable=not progress) as bar:
             task = bar.add_task(f"auditing run {run_id}", total=len(clients))
             for pid in clients:
-                models = _load_models(run_dir, run_id, pid, device)
+                own_dir = node_dir(run_id, pid)  # the node's own copies, never the server's run directory
+                models = _load_models(run_dir, own_dir, device)
                 if not models:
                     bar.console.print(f"client {pid}: no checkpoint on disk, skipped")
                     bar.advance(task)
@@ -111,7 +111,7 @@ def audit_run(run_id: str, kinds: list[str] | tuple[str, ...] | None, db_url: st
                     bar.console.print(f"client {pid}: its records are not reproducible from the config; "
                                       "exposure only")
                 # The node's own ledger (the store's copy is for display and may be behind it).
-                node_steps = load_ledger(run_node_dir(run_id, 0, pid), cfg.privacy.accountant).steps
+                node_steps = load_ledger(own_dir, cfg.privacy.accountant).steps
                 entry = ledger.get(pid)
                 steps = max(node_steps, int(entry["steps"]) if entry else 0) or dp_steps_taken(cfg, None)
                 n_train = len(insert_planned(cfg, pid, own, plan))

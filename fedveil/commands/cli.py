@@ -77,8 +77,7 @@ def run(config: Path | None = typer.Option(None, "-c", "--config", help=CONFIG_H
         fail(f"run {run_id}: the store failed around the run: {exc}")
     wall = time.perf_counter() - t0
     try:
-        result = store.get_run(run_id)
-        store.set_resources(run_id, wall_seconds=wall, peak_rss_mb=mem.peak_increase_mb)
+        store.set_resources(run_id, wall_seconds=wall, peak_rss_mb=mem.peak_increase_mb)  # RunNotFound if unrecorded
         result = store.get_run(run_id)
     except RunNotFound:
         fail(f"flwr run exited with code {code} before the run was recorded (see the log above)")

@@ -24,7 +24,7 @@ from pathlib import Path
 import tomli_w
 
 from fedveil.config import Config, to_flower_tables
-from fedveil.files import NODE_DIR_ENV, private_dir, write_private
+from fedveil.files import NODE_DIR_ENV, node_root, private_dir, write_private
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -190,8 +190,7 @@ def simulation_node_root(run_dir: str | Path) -> Path:
     Beside the server's run directories (``<run_dir>/<run id>``), never inside one: the ServerApp
     never reads it (docs/METHODS.md §1).
     """
-    env = os.environ.get(NODE_DIR_ENV, "").strip()
-    return Path(env).expanduser() if env else Path(run_dir).resolve() / "nodes"
+    return node_root(Path(run_dir).resolve() / "nodes")
 
 
 def provision_keys(run_dir: str, run_id: str, profile: str) -> Path:
